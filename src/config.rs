@@ -1,0 +1,401 @@
+//! Every flag and environment variable of PROTOCOL.md §1, in one struct.
+//!
+//! Each option is a long flag and a `NETFLY_*` variable; the flag wins. The
+//! environment is read through a lookup function, so tests never touch the
+//! process environment. A bad value is reported with the flag or variable
+//! that carried it and the value itself.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Where chats are sent: the built-in demo upstream or a real URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamSpec {
+    /// `demo`: the in-process demo server of PROTOCOL.md §5.
+    Demo,
+    /// A chat-completions URL (`http://` or `https://`).
+    Url(String),
+}
+
+/// Which browser origins may open `/ws`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Default: the `Origin` must name the host the request was sent to.
+    SameHost,
+    /// `*`: any origin.
+    Any,
+    /// An explicit list of `Origin` values (compared case-insensitively).
+    List(Vec<String>),
+}
+
+/// The gateway's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub api_key: Option<String>,
+    pub models: Vec<String>,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub allowed_origins: AllowedOrigins,
+    pub auth_tokens: Vec<String>,
+    pub max_connections: usize,
+    pub max_streams_per_connection: usize,
+    pub max_frame_bytes: usize,
+    pub heartbeat_interval: Duration,
+    pub client_timeout: Duration,
+    pub demo_word_delay: Duration,
+    pub shutdown_grace: Duration,
+    /// Whether the server reacts to SIGINT/SIGTERM itself (the binary: yes;
+    /// in-process tests: no). Not a flag.
+    pub handle_signals: bool,
+}
+
+#[derive(Parser, Debug, Default)]
+#[command(
+    name = "netfly",
+    version,
+    about = "Real-time LLM chat gateway: WebSocket clients in, OpenAI-compatible streaming upstreams out.",
+    after_help = "Every option can also be set through the NETFLY_* variable named in its help; the flag wins. Durations are milliseconds."
+)]
+struct Flags {
+    /// Listen address; port 0 picks a free port [env: NETFLY_BIND] [default: 127.0.0.1:8080]
+    #[arg(long)]
+    bind: Option<String>,
+    /// Chat-completions URL(s), comma-separated, tried in order; `demo` = built-in demo upstream [env: NETFLY_UPSTREAM] [default: demo]
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Sent upstream as `Authorization: Bearer …` [env: NETFLY_API_KEY]
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Models a client may ask for; the first is the default [env: NETFLY_MODELS] [default: gpt-3.5-turbo,gpt-4]
+    #[arg(long)]
+    models: Option<String>,
+    /// Attempts per upstream before falling back / failing [env: NETFLY_MAX_ATTEMPTS] [default: 5]
+    #[arg(long)]
+    max_attempts: Option<String>,
+    /// Backoff base delay in ms [env: NETFLY_BACKOFF_BASE_MS] [default: 500]
+    #[arg(long)]
+    backoff_base_ms: Option<String>,
+    /// Backoff cap in ms [env: NETFLY_BACKOFF_MAX_MS] [default: 8000]
+    #[arg(long)]
+    backoff_max_ms: Option<String>,
+    /// TCP+TLS connect timeout to the upstream, ms [env: NETFLY_CONNECT_TIMEOUT_MS] [default: 10000]
+    #[arg(long)]
+    connect_timeout_ms: Option<String>,
+    /// Request sent → response headers, ms [env: NETFLY_FIRST_BYTE_TIMEOUT_MS] [default: 60000]
+    #[arg(long)]
+    first_byte_timeout_ms: Option<String>,
+    /// Longest silence between two reads of the body, ms [env: NETFLY_IDLE_TIMEOUT_MS] [default: 60000]
+    #[arg(long)]
+    idle_timeout_ms: Option<String>,
+    /// Comma-separated Origin values allowed to open /ws; `*` = any [env: NETFLY_ALLOWED_ORIGINS] [default: same host]
+    #[arg(long)]
+    allowed_origins: Option<String>,
+    /// Comma-separated tokens; when set /ws needs one as ?token= or Bearer [env: NETFLY_AUTH_TOKENS]
+    #[arg(long)]
+    auth_tokens: Option<String>,
+    /// Open WebSockets at once [env: NETFLY_MAX_CONNECTIONS] [default: 10000]
+    #[arg(long)]
+    max_connections: Option<String>,
+    /// Chats in flight on one socket [env: NETFLY_MAX_STREAMS_PER_CONNECTION] [default: 4]
+    #[arg(long)]
+    max_streams_per_connection: Option<String>,
+    /// Largest client frame in bytes; larger closes the socket with 1009 [env: NETFLY_MAX_FRAME_BYTES] [default: 1048576]
+    #[arg(long)]
+    max_frame_bytes: Option<String>,
+    /// Ping interval to clients, ms [env: NETFLY_HEARTBEAT_INTERVAL_MS] [default: 10000]
+    #[arg(long)]
+    heartbeat_interval_ms: Option<String>,
+    /// A client silent this long is dropped, ms [env: NETFLY_CLIENT_TIMEOUT_MS] [default: 30000]
+    #[arg(long)]
+    client_timeout_ms: Option<String>,
+    /// Pause per word of the demo upstream, ms [env: NETFLY_DEMO_WORD_DELAY_MS] [default: 40]
+    #[arg(long)]
+    demo_word_delay_ms: Option<String>,
+    /// Grace period for chats in flight on shutdown, ms [env: NETFLY_SHUTDOWN_GRACE_MS] [default: 10000]
+    #[arg(long)]
+    shutdown_grace_ms: Option<String>,
+}
+
+/// One raw option value and the name (flag or variable) it came from.
+struct Raw {
+    name: String,
+    value: String,
+}
+
+impl Raw {
+    fn err(&self, expected: &str) -> String {
+        format!("invalid {}={:?}: {expected}", self.name, self.value)
+    }
+}
+
+fn pick(flag: Option<String>, long: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Option<Raw> {
+    if let Some(value) = flag {
+        return Some(Raw {
+            name: format!("--{long}"),
+            value,
+        });
+    }
+    let env = format!("NETFLY_{}", long.replace('-', "_").to_ascii_uppercase());
+    lookup(&env).map(|value| Raw { name: env, value })
+}
+
+fn int<T: std::str::FromStr + PartialOrd + Copy>(
+    raw: Option<Raw>,
+    default: T,
+    min: T,
+    what: &str,
+) -> Result<T, String> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.value.trim().parse::<T>() {
+            Ok(v) if v >= min => Ok(v),
+            _ => Err(raw.err(what)),
+        },
+    }
+}
+
+fn millis(raw: Option<Raw>, default: u64, min: u64) -> Result<Duration, String> {
+    let what = if min == 0 {
+        "expected a whole number of milliseconds"
+    } else {
+        "expected a positive whole number of milliseconds"
+    };
+    int(raw, default, min, what).map(Duration::from_millis)
+}
+
+/// Splits a comma-separated list, trimming blanks; empty items are dropped.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn parse_bind(raw: Option<Raw>) -> Result<SocketAddr, String> {
+    let Some(raw) = raw else {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    };
+    let text = raw.value.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match text.to_socket_addrs().map(|mut it| it.next()) {
+        Ok(Some(addr)) => Ok(addr),
+        _ => Err(raw.err("expected HOST:PORT, e.g. 127.0.0.1:8080")),
+    }
+}
+
+fn parse_upstreams(raw: Option<Raw>) -> Result<Vec<UpstreamSpec>, String> {
+    let Some(raw) = raw else {
+        return Ok(vec![UpstreamSpec::Demo]);
+    };
+    let items = list(&raw.value);
+    if items.is_empty() {
+        return Err(raw.err("expected at least one URL or `demo`"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if item.eq_ignore_ascii_case("demo") {
+            out.push(UpstreamSpec::Demo);
+            continue;
+        }
+        match url_host(&item) {
+            Some(_) => out.push(UpstreamSpec::Url(item)),
+            None => {
+                return Err(raw.err(&format!(
+                    "{item:?} is not an http:// or https:// URL with a host"
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `host[:port]` of an http(s) URL, without user info, path or query;
+/// `None` when the URL is not http(s) or has no host.
+pub fn url_host(url: &str) -> Option<String> {
+    let uri: awc::http::Uri = url.parse().ok()?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return None,
+    }
+    let host = uri.host().filter(|h| !h.is_empty())?;
+    Some(match uri.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+fn parse_origins(raw: Option<Raw>) -> Result<AllowedOrigins, String> {
+    let Some(raw) = raw else {
+        return Ok(AllowedOrigins::SameHost);
+    };
+    let items = list(&raw.value);
+    if items.is_empty() {
+        return Err(raw.err("expected `*` or comma-separated origins like https://chat.example.com"));
+    }
+    if items.iter().any(|i| i == "*") {
+        return Ok(AllowedOrigins::Any);
+    }
+    for item in &items {
+        if !(item.starts_with("http://") || item.starts_with("https://")) {
+            return Err(raw.err(&format!(
+                "{item:?} is not an origin (scheme://host[:port])"
+            )));
+        }
+    }
+    Ok(AllowedOrigins::List(
+        items
+            .into_iter()
+            .map(|s| s.trim_end_matches('/').to_ascii_lowercase())
+            .collect(),
+    ))
+}
+
+impl Config {
+    /// Parses flags (`args` without the program name) over the environment
+    /// seen through `lookup`. Errors name the flag or variable and the value.
+    pub fn from_args<I, S>(args: I, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString> + Clone,
+    {
+        let argv = std::iter::once(OsString::from("netfly"))
+            .chain(args.into_iter().map(Into::into))
+            .collect::<Vec<_>>();
+        let flags = Flags::try_parse_from(argv).map_err(|e| e.to_string())?;
+        Self::resolve(flags, &lookup)
+    }
+
+    /// The binary's entry: real argv and real environment. Prints help or the
+    /// error and exits (non-zero on error).
+    pub fn from_env_and_args() -> Config {
+        let flags = Flags::parse();
+        match Self::resolve(flags, &|k| std::env::var(k).ok()) {
+            Ok(mut c) => {
+                c.handle_signals = true;
+                c
+            }
+            Err(e) => {
+                eprintln!("netfly: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    fn resolve(f: Flags, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        let bind = parse_bind(pick(f.bind, "bind", lookup))?;
+        let upstreams = parse_upstreams(pick(f.upstream, "upstream", lookup))?;
+        let api_key = pick(f.api_key, "api-key", lookup)
+            .map(|r| r.value.trim().to_owned())
+            .filter(|k| !k.is_empty());
+        if let Some(key) = &api_key {
+            if key.chars().any(|c| c.is_control()) {
+                return Err("invalid API key (--api-key / NETFLY_API_KEY): it contains control characters".into());
+            }
+        }
+        let models = match pick(f.models, "models", lookup) {
+            None => vec!["gpt-3.5-turbo".to_owned(), "gpt-4".to_owned()],
+            Some(raw) => {
+                let models = list(&raw.value);
+                if models.is_empty() {
+                    return Err(raw.err("expected at least one model name"));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for m in &models {
+                    if !seen.insert(m.as_str()) {
+                        return Err(raw.err(&format!("model {m:?} is listed twice")));
+                    }
+                }
+                models
+            }
+        };
+        let max_attempts = int(
+            pick(f.max_attempts, "max-attempts", lookup),
+            5u32,
+            1,
+            "expected a whole number ≥ 1",
+        )?;
+        let backoff_base = millis(pick(f.backoff_base_ms, "backoff-base-ms", lookup), 500, 0)?;
+        let backoff_max = millis(pick(f.backoff_max_ms, "backoff-max-ms", lookup), 8000, 0)?;
+        let connect_timeout =
+            millis(pick(f.connect_timeout_ms, "connect-timeout-ms", lookup), 10_000, 1)?;
+        let first_byte_timeout = millis(
+            pick(f.first_byte_timeout_ms, "first-byte-timeout-ms", lookup),
+            60_000,
+            1,
+        )?;
+        let idle_timeout = millis(pick(f.idle_timeout_ms, "idle-timeout-ms", lookup), 60_000, 1)?;
+        let allowed_origins = parse_origins(pick(f.allowed_origins, "allowed-origins", lookup))?;
+        let auth_tokens = pick(f.auth_tokens, "auth-tokens", lookup)
+            .map(|r| list(&r.value))
+            .unwrap_or_default();
+        let max_connections = int(
+            pick(f.max_connections, "max-connections", lookup),
+            10_000usize,
+            1,
+            "expected a whole number ≥ 1",
+        )?;
+        let max_streams_per_connection = int(
+            pick(f.max_streams_per_connection, "max-streams-per-connection", lookup),
+            4usize,
+            1,
+            "expected a whole number ≥ 1",
+        )?;
+        let max_frame_bytes = int(
+            pick(f.max_frame_bytes, "max-frame-bytes", lookup),
+            1_048_576usize,
+            128,
+            "expected a whole number of bytes ≥ 128",
+        )?;
+        let heartbeat_interval = millis(
+            pick(f.heartbeat_interval_ms, "heartbeat-interval-ms", lookup),
+            10_000,
+            1,
+        )?;
+        let client_timeout =
+            millis(pick(f.client_timeout_ms, "client-timeout-ms", lookup), 30_000, 1)?;
+        let demo_word_delay =
+            millis(pick(f.demo_word_delay_ms, "demo-word-delay-ms", lookup), 40, 0)?;
+        let shutdown_grace =
+            millis(pick(f.shutdown_grace_ms, "shutdown-grace-ms", lookup), 10_000, 0)?;
+        Ok(Config {
+            bind,
+            upstreams,
+            api_key,
+            models,
+            max_attempts,
+            backoff_base,
+            backoff_max,
+            connect_timeout,
+            first_byte_timeout,
+            idle_timeout,
+            allowed_origins,
+            auth_tokens,
+            max_connections,
+            max_streams_per_connection,
+            max_frame_bytes,
+            heartbeat_interval,
+            client_timeout,
+            demo_word_delay,
+            shutdown_grace,
+            handle_signals: false,
+        })
+    }
+
+    /// The default model (the first of `--models`).
+    pub fn default_model(&self) -> &str {
+        &self.models[0]
+    }
+}

@@ -1,0 +1,18 @@
+//! netfly: a real-time streaming gateway between browsers (WebSocket) and
+//! OpenAI-compatible chat-completions APIs (SSE). See README.md for the
+//! big picture and `../shared/PROTOCOL.md` for the wire contract.
+
+pub mod admission;
+pub mod chunk;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod protocol;
+pub mod retry;
+pub mod server;
+pub mod session;
+pub mod sse;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::Gateway;

@@ -1,0 +1,180 @@
+//! The HTTP surface (PROTOCOL.md §2) and the running gateway.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::{Actor, Addr};
+use actix_web::dev::ServerHandle;
+use actix_web::http::header;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+
+use crate::admission::{self, Connections, Refusal};
+use crate::config::{url_host, Config, UpstreamSpec};
+use crate::demo::{self, Demo};
+use crate::session;
+use crate::upstream::{Shared, Target, Upstream};
+
+/// The demo page and its assets, embedded so the binary runs from anywhere.
+const INDEX_HTML: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const STYLE_CSS: &str = include_str!("../static/style.css");
+
+/// What every request handler of one worker can reach.
+struct State {
+    shared: Arc<Shared>,
+    connections: Arc<Connections>,
+    upstream: Addr<Upstream>,
+}
+
+async fn ws_route(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> actix_web::Result<HttpResponse> {
+    let permit = match admission::admit(&req, &state.shared.config, &state.connections) {
+        Ok(p) => p,
+        Err(Refusal::Origin(origin)) => {
+            log::info!("websocket refused: origin {origin:?} not allowed");
+            return Ok(HttpResponse::Forbidden().body("origin not allowed\n"));
+        }
+        Err(Refusal::Unauthorized) => {
+            return Ok(HttpResponse::Unauthorized()
+                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+                .body("a valid token is required (?token= or Authorization: Bearer)\n"));
+        }
+        Err(Refusal::Full) => {
+            return Ok(HttpResponse::ServiceUnavailable()
+                .insert_header((header::RETRY_AFTER, "1"))
+                .body("too many connections\n"));
+        }
+    };
+    session::start(
+        &req,
+        payload,
+        state.shared.clone(),
+        state.upstream.clone(),
+        Some(Box::new(permit)),
+    )
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(body)
+}
+
+async fn index() -> HttpResponse {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+async fn static_file(path: web::Path<String>) -> HttpResponse {
+    match path.as_str() {
+        "app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
+        "style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
+        _ => HttpResponse::NotFound().body("not found\n"),
+    }
+}
+
+/// A running gateway: the HTTP/WebSocket server and, when configured, the
+/// demo upstream.
+pub struct Gateway {
+    /// The address actually bound (the real port when port 0 was asked).
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    server: tokio::task::JoinHandle<io::Result<()>>,
+    demo: Option<Demo>,
+}
+
+impl Gateway {
+    /// Binds `config.bind` and serves in the background on the current
+    /// actix runtime.
+    pub async fn start(config: Config) -> io::Result<Gateway> {
+        // rustls needs its crypto provider before the first client exists,
+        // even for plain-http upstreams. Installing twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let mut demo = None;
+        let mut targets = Vec::with_capacity(config.upstreams.len());
+        for spec in &config.upstreams {
+            match spec {
+                UpstreamSpec::Demo => {
+                    if demo.is_none() {
+                        demo = Some(demo::start(config.demo_word_delay)?);
+                    }
+                    if let Some(d) = &demo {
+                        targets.push(Target {
+                            url: d.url(),
+                            host: "demo".into(),
+                        });
+                    }
+                }
+                UpstreamSpec::Url(url) => targets.push(Target {
+                    url: url.clone(),
+                    host: url_host(url).unwrap_or_else(|| "upstream".into()),
+                }),
+            }
+        }
+        let listener = std::net::TcpListener::bind(config.bind)?;
+        let addr = listener.local_addr()?;
+        let grace = config.shutdown_grace;
+        let signals = config.handle_signals;
+        let shared = Arc::new(Shared { config, targets });
+        let connections = Arc::new(Connections::default());
+        let mut server = HttpServer::new(move || {
+            let upstream = Upstream::new(shared.clone()).start();
+            App::new()
+                .app_data(web::Data::new(State {
+                    shared: shared.clone(),
+                    connections: connections.clone(),
+                    upstream,
+                }))
+                .route("/ws", web::get().to(ws_route))
+                .route("/healthz", web::get().to(healthz))
+                .route("/", web::get().to(index))
+                .route("/static/{file}", web::get().to(static_file))
+        })
+        .tcp_nodelay(true)
+        .backlog(4096)
+        .max_connections(100_000)
+        .shutdown_timeout(grace.as_secs().max(1));
+        if !signals {
+            server = server.disable_signals();
+        }
+        let server = server.listen(listener)?.run();
+        let handle = server.handle();
+        let server = actix_rt::spawn(server);
+        Ok(Gateway {
+            addr,
+            handle,
+            server,
+            demo,
+        })
+    }
+
+    /// Waits until the server stops (on a signal, when the binary handles
+    /// them), then stops the demo upstream.
+    pub async fn wait(self) {
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("server error: {e}"),
+            Err(e) => log::error!("server task failed: {e}"),
+        }
+        if let Some(demo) = self.demo {
+            demo.handle.stop(false).await;
+        }
+    }
+
+    /// Stops the server (`graceful`: let connections finish within the
+    /// grace period) and waits for it.
+    pub async fn stop(self, graceful: bool) {
+        self.handle.stop(graceful).await;
+        self.wait().await;
+    }
+}

@@ -1,0 +1,631 @@
+//! The Upstream actor: owns this worker's HTTP client and the retry policy,
+//! and runs each chat as its own spawned task (PROTOCOL.md §4).
+//!
+//! A chat task POSTs to the configured upstreams in order, retrying
+//! transient failures with backoff until the first delta has gone to the
+//! client (the commit point), parses the SSE body incrementally and sends
+//! every fragment back through a `Recipient<ChatEvent>` with a bounded,
+//! awaited send. Cancelling a chat aborts its task, which drops the awc
+//! response and with it the upstream connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_service::ServiceExt as _;
+use awc::http::header;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::chunk::{self, Decoded, WholeBody};
+use crate::config::Config;
+use crate::error::{redact, ChatError};
+use crate::protocol::{ChatRequest, UpstreamRequest};
+use crate::retry::{self, AttemptError, Backoff, Verdict};
+use crate::sse;
+
+/// Largest error body read from a failed upstream answer.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest non-streamed (whole) body accepted from an upstream.
+const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
+/// After `[DONE]`, how long the rest of the body may take to arrive so that
+/// the connection can go back to the pool instead of being closed.
+const DRAIN_AFTER_DONE: Duration = Duration::from_millis(500);
+
+/// One upstream chat-completions endpoint, resolved.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The full URL POSTed to.
+    pub url: String,
+    /// What the client is told in `start` (host[:port], or `demo`).
+    pub host: String,
+}
+
+/// What every worker shares: the configuration and the resolved upstreams.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub targets: Vec<Target>,
+}
+
+/// What a chat tells whoever started it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// An upstream answered 2xx (sent at most once per chat).
+    Start { upstream: String, attempt: u32 },
+    /// A new attempt is about to be made after `delay`.
+    Retry {
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// One content fragment, exactly as the upstream sent it.
+    Delta(String),
+    /// The chat finished.
+    Done {
+        finish_reason: String,
+        usage: Option<Value>,
+    },
+    /// The chat failed.
+    Failed(ChatError),
+}
+
+impl EventKind {
+    /// Whether nothing follows this event for its chat.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, EventKind::Done { .. } | EventKind::Failed(_))
+    }
+}
+
+/// One event of the chat `key`, sent to the chat's recipient.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChatEvent {
+    pub key: u64,
+    pub kind: EventKind,
+}
+
+/// Start the chat `request`; its events go to `events`, tagged with `key`
+/// (unique per process, so a reused client id never receives stale events).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartChat {
+    pub key: u64,
+    pub request: ChatRequest,
+    pub events: Recipient<ChatEvent>,
+}
+
+/// Drop the chat `key` now (its upstream connection is closed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelChat {
+    pub key: u64,
+}
+
+/// Internal: the chat task `key` has ended on its own.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChatFinished {
+    key: u64,
+}
+
+/// One per worker: the awc client (not `Send`) and the running chats.
+pub struct Upstream {
+    shared: Arc<Shared>,
+    client: awc::Client,
+    tasks: HashMap<u64, JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let client = build_client(&shared.config);
+        Upstream {
+            shared,
+            client,
+            tasks: HashMap::new(),
+        }
+    }
+}
+
+/// The HTTP client: TCP_NODELAY, no connection limit, pooled keep-alive,
+/// the configured connect and first-byte timeouts, no redirects.
+pub fn build_client(config: &Config) -> awc::Client {
+    let tcp = actix_tls::connect::Connector::default().service().map(
+        |conn: actix_tls::connect::Connection<awc::http::Uri, tokio::net::TcpStream>| {
+            // Fragments are small and latency matters more than packet count.
+            let _ = conn.io_ref().set_nodelay(true);
+            conn
+        },
+    );
+    let connector = awc::Connector::new()
+        .connector(tcp)
+        .timeout(config.connect_timeout)
+        .handshake_timeout(config.connect_timeout)
+        .limit(0)
+        .conn_keep_alive(Duration::from_secs(30))
+        .conn_lifetime(Duration::from_secs(300));
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(config.first_byte_timeout)
+        .disable_redirects()
+        .finish()
+}
+
+impl Actor for Upstream {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for (_, task) in self.tasks.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Handler<StartChat> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartChat, ctx: &mut Self::Context) {
+        let key = msg.key;
+        let chat = ChatTask {
+            shared: self.shared.clone(),
+            client: self.client.clone(),
+            key,
+            events: msg.events,
+            request: msg.request,
+        };
+        let me = ctx.address();
+        let handle = actix_rt::spawn(async move {
+            chat.run().await;
+            me.do_send(ChatFinished { key });
+        });
+        self.tasks.insert(key, handle);
+    }
+}
+
+impl Handler<CancelChat> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelChat, _: &mut Self::Context) {
+        if let Some(task) = self.tasks.remove(&msg.key) {
+            task.abort();
+        }
+    }
+}
+
+impl Handler<ChatFinished> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChatFinished, _: &mut Self::Context) {
+        self.tasks.remove(&msg.key);
+    }
+}
+
+/// How one attempt ended.
+enum AttemptEnd {
+    Finished {
+        finish_reason: String,
+        usage: Option<Value>,
+        /// The rest of the body, to be drained for connection reuse.
+        rest: Option<awc::ClientResponse>,
+    },
+    Failed(AttemptError),
+    /// The client is gone: stop without a terminal event.
+    ClientGone,
+}
+
+/// Progress of one chat across attempts.
+struct Progress {
+    started: bool,
+    /// The commit point: a delta has gone to the client.
+    committed: bool,
+    attempts: u32,
+    deltas: u64,
+    host: String,
+    outcome: &'static str,
+}
+
+/// One chat, from its first attempt to its terminal event.
+struct ChatTask {
+    shared: Arc<Shared>,
+    client: awc::Client,
+    key: u64,
+    events: Recipient<ChatEvent>,
+    request: ChatRequest,
+}
+
+/// Logs the chat's outcome once, however the task ends (even when aborted).
+struct ChatLog {
+    id: String,
+    model: String,
+    began: Instant,
+    progress: Progress,
+}
+
+impl Drop for ChatLog {
+    fn drop(&mut self) {
+        let p = &self.progress;
+        let outcome = if p.outcome.is_empty() {
+            "cancelled"
+        } else {
+            p.outcome
+        };
+        log::info!(
+            "chat id={:?} model={} upstream={} attempts={} deltas={} duration_ms={} outcome={}",
+            self.id,
+            self.model,
+            if p.host.is_empty() { "-" } else { &p.host },
+            p.attempts,
+            p.deltas,
+            self.began.elapsed().as_millis(),
+            outcome
+        );
+    }
+}
+
+type Resp = awc::ClientResponse;
+
+impl ChatTask {
+    async fn emit(&self, kind: EventKind) -> bool {
+        self.events
+            .send(ChatEvent {
+                key: self.key,
+                kind,
+            })
+            .await
+            .is_ok()
+    }
+
+    async fn run(self) {
+        let mut log = ChatLog {
+            id: self.request.id.clone(),
+            model: self.request.model.clone(),
+            began: Instant::now(),
+            progress: Progress {
+                started: false,
+                committed: false,
+                attempts: 0,
+                deltas: 0,
+                host: String::new(),
+                outcome: "",
+            },
+        };
+        let end = self.attempts(&mut log.progress).await;
+        let p = &mut log.progress;
+        match end {
+            None => p.outcome = "client_gone",
+            Some(EventKind::Done {
+                finish_reason,
+                usage,
+            }) => {
+                p.outcome = "done";
+                let _ = self
+                    .emit(EventKind::Done {
+                        finish_reason,
+                        usage,
+                    })
+                    .await;
+            }
+            Some(EventKind::Failed(err)) => {
+                p.outcome = err.code();
+                let _ = self.emit(EventKind::Failed(err)).await;
+            }
+            Some(_) => p.outcome = "internal",
+        }
+    }
+
+    /// Runs attempts until one finishes, a failure is terminal or every
+    /// upstream is exhausted. Returns the terminal event, or `None` when the
+    /// client went away.
+    async fn attempts(&self, p: &mut Progress) -> Option<EventKind> {
+        let config = &self.shared.config;
+        let body = match serde_json::to_vec(&UpstreamRequest {
+            model: &self.request.model,
+            messages: &self.request.messages,
+            stream: true,
+            params: &self.request.params,
+        }) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                return Some(EventKind::Failed(ChatError::BadRequest(format!(
+                    "request could not be encoded: {e}"
+                ))))
+            }
+        };
+        let backoff = Backoff {
+            base: config.backoff_base,
+            cap: config.backoff_max,
+        };
+        let mut last: Option<AttemptError> = None;
+        for target in &self.shared.targets {
+            p.host.clone_from(&target.host);
+            for k in 1..=config.max_attempts {
+                if let Some(err) = &last {
+                    // Retry k−1 on this upstream, or the first try of the next one.
+                    let delay = if k > 1 {
+                        backoff.delay_for(k - 1, fastrand::f64(), err.retry_after())
+                    } else {
+                        Duration::ZERO
+                    };
+                    let reason = if k > 1 {
+                        err.reason()
+                    } else {
+                        format!("falling back to {} after: {}", target.host, err.reason())
+                    };
+                    let retry = EventKind::Retry {
+                        attempt: p.attempts + 1,
+                        delay,
+                        reason,
+                    };
+                    if !self.emit(retry).await {
+                        return None;
+                    }
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                p.attempts += 1;
+                match self.attempt(target, body.clone(), p).await {
+                    AttemptEnd::Finished {
+                        finish_reason,
+                        usage,
+                        rest,
+                    } => {
+                        if let Some(rest) = rest {
+                            // Let the connection go back to the pool once the
+                            // upstream has closed the body; never delay the client.
+                            actix_rt::spawn(drain(rest));
+                        }
+                        return Some(EventKind::Done {
+                            finish_reason,
+                            usage,
+                        });
+                    }
+                    AttemptEnd::ClientGone => return None,
+                    AttemptEnd::Failed(err) => {
+                        log::debug!(
+                            "chat {:?} attempt {} on {} failed: {}",
+                            self.request.id,
+                            p.attempts,
+                            target.host,
+                            err.reason()
+                        );
+                        match retry::classify(&err, p.committed) {
+                            Verdict::Fail(e) => return Some(EventKind::Failed(e)),
+                            Verdict::Retry => last = Some(err),
+                        }
+                    }
+                }
+            }
+        }
+        let err = last.unwrap_or_else(|| AttemptError::Connect("no upstream configured".into()));
+        Some(EventKind::Failed(retry::exhausted(&err, p.attempts)))
+    }
+
+    /// One POST to `target` and, on 2xx, the whole stream.
+    async fn attempt(&self, target: &Target, body: Bytes, p: &mut Progress) -> AttemptEnd {
+        let config = &self.shared.config;
+        let mut req = self
+            .client
+            .post(&target.url)
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header((header::ACCEPT, "text/event-stream"))
+            .insert_header((header::ACCEPT_ENCODING, "identity"))
+            .insert_header((
+                header::USER_AGENT,
+                concat!("netfly/", env!("CARGO_PKG_VERSION")),
+            ))
+            .timeout(config.first_byte_timeout);
+        if let Some(key) = &config.api_key {
+            req = req.bearer_auth(key);
+        }
+        let mut resp: Resp = match req.send_body(body).await {
+            Ok(r) => r,
+            Err(e) => return AttemptEnd::Failed(self.send_error(e)),
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            return AttemptEnd::Failed(self.status_error(&mut resp).await);
+        }
+        let is_sse = match resp.headers().get(header::CONTENT_TYPE) {
+            None => true,
+            Some(v) => v
+                .to_str()
+                .map(|s| s.to_ascii_lowercase().contains("text/event-stream"))
+                .unwrap_or(false),
+        };
+        if !is_sse {
+            return self.whole_body(target, resp, p).await;
+        }
+        if !p.started {
+            p.started = true;
+            let start = EventKind::Start {
+                upstream: target.host.clone(),
+                attempt: p.attempts,
+            };
+            if !self.emit(start).await {
+                return AttemptEnd::ClientGone;
+            }
+        }
+        self.stream(resp, p).await
+    }
+
+    /// Reads the SSE body, forwarding every content fragment.
+    async fn stream(&self, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
+        let idle = self.shared.config.idle_timeout;
+        let mut parser = sse::Parser::new();
+        let mut events = Vec::new();
+        let mut finish_reason: Option<String> = None;
+        let mut usage: Option<Value> = None;
+        let mut saw_chunk = false;
+        loop {
+            let bytes = match tokio::time::timeout(idle, resp.next()).await {
+                Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
+                Ok(Some(Ok(b))) => b,
+            };
+            parser.push(&bytes, &mut events);
+            for ev in events.drain(..) {
+                match chunk::decode_event(&ev) {
+                    Ok(Decoded::Heartbeat) => {}
+                    Ok(Decoded::Done) => {
+                        return AttemptEnd::Finished {
+                            finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
+                            usage,
+                            rest: Some(resp),
+                        }
+                    }
+                    Ok(Decoded::Chunk {
+                        content,
+                        finish_reason: fr,
+                        usage: u,
+                    }) => {
+                        saw_chunk = true;
+                        if fr.is_some() {
+                            finish_reason = fr;
+                        }
+                        if u.is_some() {
+                            usage = u;
+                        }
+                        if let Some(text) = content {
+                            p.committed = true;
+                            if !self.emit(EventKind::Delta(text)).await {
+                                return AttemptEnd::ClientGone;
+                            }
+                            p.deltas += 1;
+                        }
+                    }
+                    Err(e) => {
+                        let msg = redact(&e.message, self.shared.config.api_key.as_deref());
+                        return AttemptEnd::Failed(AttemptError::StreamError(msg));
+                    }
+                }
+            }
+        }
+        // An unterminated last event is dropped, as browsers do.
+        parser.finish();
+        if saw_chunk {
+            AttemptEnd::Finished {
+                finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
+                usage,
+                rest: None,
+            }
+        } else {
+            AttemptEnd::Failed(AttemptError::Broken(
+                "the upstream closed the stream before sending any chunk".into(),
+            ))
+        }
+    }
+
+    /// A 2xx answer that is not an event stream.
+    async fn whole_body(&self, target: &Target, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
+        let idle = self.shared.config.idle_timeout;
+        let body = match tokio::time::timeout(idle, resp.body().limit(MAX_WHOLE_BODY)).await {
+            Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
+            Ok(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
+            Ok(Ok(b)) => b,
+        };
+        let key = self.shared.config.api_key.as_deref();
+        match chunk::decode_whole_body(&body) {
+            WholeBody::Error { message } => {
+                AttemptEnd::Failed(AttemptError::RejectedBody(redact(&message, key)))
+            }
+            WholeBody::Other(what) => AttemptEnd::Failed(AttemptError::UnusableBody(what)),
+            WholeBody::Completion {
+                content,
+                finish_reason,
+                usage,
+            } => {
+                if !p.started {
+                    p.started = true;
+                    let start = EventKind::Start {
+                        upstream: target.host.clone(),
+                        attempt: p.attempts,
+                    };
+                    if !self.emit(start).await {
+                        return AttemptEnd::ClientGone;
+                    }
+                }
+                if !content.is_empty() {
+                    p.committed = true;
+                    if !self.emit(EventKind::Delta(content)).await {
+                        return AttemptEnd::ClientGone;
+                    }
+                    p.deltas += 1;
+                }
+                AttemptEnd::Finished {
+                    finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
+                    usage,
+                    rest: None,
+                }
+            }
+        }
+    }
+
+    /// A non-2xx answer: its message (redacted) and `Retry-After`.
+    async fn status_error(&self, resp: &mut Resp) -> AttemptError {
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry::parse_retry_after);
+        let idle = self.shared.config.idle_timeout;
+        let body = match tokio::time::timeout(idle, resp.body().limit(MAX_ERROR_BODY)).await {
+            Ok(Ok(b)) => b,
+            _ => Bytes::new(),
+        };
+        let message = redact(
+            &chunk::error_message_from_body(&body),
+            self.shared.config.api_key.as_deref(),
+        );
+        AttemptError::Status {
+            status,
+            message,
+            retry_after,
+        }
+    }
+
+    fn send_error(&self, e: awc::error::SendRequestError) -> AttemptError {
+        use awc::error::SendRequestError as E;
+        let key = self.shared.config.api_key.as_deref();
+        match e {
+            E::Timeout => AttemptError::FirstByteTimeout(self.shared.config.first_byte_timeout),
+            E::Connect(c) => AttemptError::Connect(redact(&connect_reason(&c), key)),
+            other => AttemptError::Connect(redact(&other.to_string(), key)),
+        }
+    }
+}
+
+/// A short, lower-case reason for a connect failure ("connection refused").
+fn connect_reason(e: &awc::error::ConnectError) -> String {
+    use awc::error::ConnectError as C;
+    match e {
+        C::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+            _ => io.to_string(),
+        },
+        C::Timeout => "connect timeout".into(),
+        C::Resolver(r) => format!("DNS lookup failed: {r}"),
+        other => other.to_string(),
+    }
+}
+
+/// Reads what is left of a finished body (bounded in time and size) so the
+/// connection can be reused; drops it otherwise.
+async fn drain(mut resp: Resp) {
+    let _ = tokio::time::timeout(DRAIN_AFTER_DONE, async {
+        let mut left = MAX_ERROR_BODY;
+        while let Some(Ok(b)) = resp.next().await {
+            if b.len() >= left {
+                break;
+            }
+            left -= b.len();
+        }
+    })
+    .await;
+}
