@@ -80,7 +80,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 fn presented_token(req: &HttpRequest) -> Option<String> {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         if let Ok(s) = v.to_str() {
-            if let Some(t) = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")) {
+            if let Some(t) = s
+                .strip_prefix("Bearer ")
+                .or_else(|| s.strip_prefix("bearer "))
+            {
                 return Some(t.trim().to_owned());
             }
         }
@@ -97,7 +100,7 @@ fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> Result<(), Ref
     let origin = origin.to_str().unwrap_or("").trim().to_ascii_lowercase();
     let ok = match allowed {
         AllowedOrigins::Any => true,
-        AllowedOrigins::List(list) => list.iter().any(|o| *o == origin),
+        AllowedOrigins::List(list) => list.contains(&origin),
         AllowedOrigins::SameHost => {
             let host = req
                 .headers()

@@ -34,7 +34,11 @@ pub enum Decoded {
     /// (For legacy completions, a non-empty string `choices[0].text` is used
     /// when the delta carries no content.) `finish_reason` is Some only for a
     /// non-empty string; `usage` is the top-level `usage` unless absent or null.
-    Chunk { content: Option<String>, finish_reason: Option<String>, usage: Option<Value> },
+    Chunk {
+        content: Option<String>,
+        finish_reason: Option<String>,
+        usage: Option<Value>,
+    },
 }
 
 /// The upstream reported an error inside the stream, or sent something that is not a chunk.
@@ -59,10 +63,16 @@ impl std::error::Error for StreamError {}
 /// `"object":"error"`.
 pub fn decode_event(ev: &Event) -> Result<Decoded, StreamError> {
     if let Some(raw) = &ev.error {
-        return Err(error_from_text(raw, "upstream sent an error field without a message"));
+        return Err(error_from_text(
+            raw,
+            "upstream sent an error field without a message",
+        ));
     }
     if ev.event == "error" {
-        return Err(error_from_text(&ev.data, "upstream sent an error event without a message"));
+        return Err(error_from_text(
+            &ev.data,
+            "upstream sent an error event without a message",
+        ));
     }
     let text = ev.data.trim();
     if text.is_empty() {
@@ -82,11 +92,17 @@ pub fn decode_event(ev: &Event) -> Result<Decoded, StreamError> {
 #[cold]
 fn slow_path(text: &str) -> Result<Decoded, StreamError> {
     let value: Value = serde_json::from_str(text).map_err(|_| {
-        stream_error(format!("invalid JSON in stream: {}", clip(text, SNIPPET_CHARS + 1)))
+        stream_error(format!(
+            "invalid JSON in stream: {}",
+            clip(text, SNIPPET_CHARS + 1)
+        ))
     })?;
     match Loose::<WireChunk<'_>>::deserialize(&value) {
         Ok(wire) => chunk_from_wire(wire, text),
-        Err(e) => Err(stream_error(format!("unreadable chunk ({e}): {}", clip(text, SNIPPET_CHARS + 1)))),
+        Err(e) => Err(stream_error(format!(
+            "unreadable chunk ({e}): {}",
+            clip(text, SNIPPET_CHARS + 1)
+        ))),
     }
 }
 
@@ -98,25 +114,40 @@ fn chunk_from_wire(wire: Loose<WireChunk<'_>>, text: &str) -> Result<Decoded, St
         )));
     };
     if chunk.error.0 || chunk.object.0.as_deref() == Some("error") {
-        return Err(error_from_text(text, "upstream sent an error object without a message"));
+        return Err(error_from_text(
+            text,
+            "upstream sent an error object without a message",
+        ));
     }
     let (content, finish_reason) = match chunk.choices.0.and_then(|c| c.0) {
         None => (None, None),
         Some(choice) => {
-            let delta = choice.delta.0.and_then(|d| d.content.0).filter(|s| !s.is_empty());
+            let delta = choice
+                .delta
+                .0
+                .and_then(|d| d.content.0)
+                .filter(|s| !s.is_empty());
             let content = delta.or_else(|| choice.text.0.filter(|s| !s.is_empty()));
             let finish = choice.finish_reason.0.filter(|s| !s.is_empty());
             (content.map(Cow::into_owned), finish.map(Cow::into_owned))
         }
     };
-    Ok(Decoded::Chunk { content, finish_reason, usage: chunk.usage })
+    Ok(Decoded::Chunk {
+        content,
+        finish_reason,
+        usage: chunk.usage,
+    })
 }
 
 /// What a 2xx, non-SSE body was.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WholeBody {
     /// a non-streamed chat.completion: choices[0].message.content (may be empty string)
-    Completion { content: String, finish_reason: Option<String>, usage: Option<Value> },
+    Completion {
+        content: String,
+        finish_reason: Option<String>,
+        usage: Option<Value>,
+    },
     /// a JSON error object ({"error":{...}}, {"error":"..."}, {"object":"error","message":..}, {"message":..,"code"..} style)
     Error { message: String },
     /// anything else; the string says briefly what it was (e.g. "non-JSON body of 123 bytes")
@@ -138,13 +169,22 @@ pub fn decode_whole_body(body: &[u8]) -> WholeBody {
         Err(_) => return WholeBody::Other(describe_non_json(body)),
     };
     let Value::Object(map) = &value else {
-        return WholeBody::Other(format!("JSON {} instead of a chat completion", kind(&value)));
+        return WholeBody::Other(format!(
+            "JSON {} instead of a chat completion",
+            kind(&value)
+        ));
     };
     if is_error_object(map) {
         let message = extract_message(&value).unwrap_or_else(|| value.to_string());
-        return WholeBody::Error { message: clip(&message, MAX_MESSAGE_CHARS) };
+        return WholeBody::Error {
+            message: clip(&message, MAX_MESSAGE_CHARS),
+        };
     }
-    let Some(choice) = map.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else {
+    let Some(choice) = map
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|c| c.first())
+    else {
         return WholeBody::Other("JSON object without choices".to_owned());
     };
     let message = choice.get("message").filter(|m| m.is_object());
@@ -174,7 +214,9 @@ pub fn error_message_from_body(body: &[u8]) -> String {
     if text.is_empty() {
         return String::new();
     }
-    let message = serde_json::from_str::<Value>(text).ok().and_then(|v| extract_message(&v));
+    let message = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| extract_message(&v));
     clip(message.as_deref().unwrap_or(text), MAX_MESSAGE_CHARS)
 }
 
@@ -191,7 +233,9 @@ fn error_from_text(raw: &str, fallback: &str) -> StreamError {
     if raw.is_empty() {
         return stream_error(fallback.to_owned());
     }
-    let message = serde_json::from_str::<Value>(raw).ok().and_then(|v| extract_message(&v));
+    let message = serde_json::from_str::<Value>(raw)
+        .ok()
+        .and_then(|v| extract_message(&v));
     stream_error(clip(message.as_deref().unwrap_or(raw), MAX_MESSAGE_CHARS))
 }
 
@@ -199,10 +243,19 @@ fn error_from_text(raw: &str, fallback: &str) -> StreamError {
 /// `{"error":".."}`, `{"message":..}`, `{"detail":..}` (also FastAPI's list
 /// of `{"msg":..}`), a bare string, or an array wrapping one of those.
 fn extract_message(v: &Value) -> Option<String> {
-    const KEYS: [&str; 6] = ["error", "message", "detail", "error_description", "msg", "title"];
+    const KEYS: [&str; 6] = [
+        "error",
+        "message",
+        "detail",
+        "error_description",
+        "msg",
+        "title",
+    ];
     match v {
         Value::String(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned),
-        Value::Object(map) => KEYS.iter().find_map(|k| map.get(*k).and_then(extract_message)),
+        Value::Object(map) => KEYS
+            .iter()
+            .find_map(|k| map.get(*k).and_then(extract_message)),
         Value::Array(items) => items.first().and_then(extract_message),
         _ => None,
     }
@@ -219,7 +272,10 @@ fn describe_non_json(body: &[u8]) -> String {
     let start = strip_bom(body).trim_ascii_start();
     let hint = if start.first() == Some(&b'<') {
         " (looks like HTML)"
-    } else if [&b"data:"[..], b"event:", b":"].iter().any(|p| start.starts_with(p)) {
+    } else if [&b"data:"[..], b"event:", b":"]
+        .iter()
+        .any(|p| start.starts_with(p))
+    {
         " (looks like SSE)"
     } else {
         ""
@@ -458,8 +514,14 @@ mod tests {
     #[test]
     fn fast_path_borrows_content_without_escapes() {
         let content = content_of(r#"{"choices":[{"delta":{"content":"plain text"}}]}"#);
-        assert!(matches!(content, Some(Cow::Borrowed("plain text"))), "{content:?}");
+        assert!(
+            matches!(content, Some(Cow::Borrowed("plain text"))),
+            "{content:?}"
+        );
         let content = content_of(r#"{"choices":[{"delta":{"content":"line\n"}}]}"#);
-        assert!(matches!(content, Some(Cow::Owned(ref s)) if s == "line\n"), "{content:?}");
+        assert!(
+            matches!(content, Some(Cow::Owned(ref s)) if s == "line\n"),
+            "{content:?}"
+        );
     }
 }

@@ -243,16 +243,16 @@ fn parse_origins(raw: Option<Raw>) -> Result<AllowedOrigins, String> {
     };
     let items = list(&raw.value);
     if items.is_empty() {
-        return Err(raw.err("expected `*` or comma-separated origins like https://chat.example.com"));
+        return Err(
+            raw.err("expected `*` or comma-separated origins like https://chat.example.com")
+        );
     }
     if items.iter().any(|i| i == "*") {
         return Ok(AllowedOrigins::Any);
     }
     for item in &items {
         if !(item.starts_with("http://") || item.starts_with("https://")) {
-            return Err(raw.err(&format!(
-                "{item:?} is not an origin (scheme://host[:port])"
-            )));
+            return Err(raw.err(&format!("{item:?} is not an origin (scheme://host[:port])")));
         }
     }
     Ok(AllowedOrigins::List(
@@ -266,7 +266,10 @@ fn parse_origins(raw: Option<Raw>) -> Result<AllowedOrigins, String> {
 impl Config {
     /// Parses flags (`args` without the program name) over the environment
     /// seen through `lookup`. Errors name the flag or variable and the value.
-    pub fn from_args<I, S>(args: I, lookup: impl Fn(&str) -> Option<String>) -> Result<Config, String>
+    pub fn from_args<I, S>(
+        args: I,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, String>
     where
         I: IntoIterator<Item = S>,
         S: Into<OsString> + Clone,
@@ -302,7 +305,10 @@ impl Config {
             .filter(|k| !k.is_empty());
         if let Some(key) = &api_key {
             if key.chars().any(|c| c.is_control()) {
-                return Err("invalid API key (--api-key / NETFLY_API_KEY): it contains control characters".into());
+                return Err(
+                    "invalid API key (--api-key / NETFLY_API_KEY): it contains control characters"
+                        .into(),
+                );
             }
         }
         let models = match pick(f.models, "models", lookup) {
@@ -329,14 +335,21 @@ impl Config {
         )?;
         let backoff_base = millis(pick(f.backoff_base_ms, "backoff-base-ms", lookup), 500, 0)?;
         let backoff_max = millis(pick(f.backoff_max_ms, "backoff-max-ms", lookup), 8000, 0)?;
-        let connect_timeout =
-            millis(pick(f.connect_timeout_ms, "connect-timeout-ms", lookup), 10_000, 1)?;
+        let connect_timeout = millis(
+            pick(f.connect_timeout_ms, "connect-timeout-ms", lookup),
+            10_000,
+            1,
+        )?;
         let first_byte_timeout = millis(
             pick(f.first_byte_timeout_ms, "first-byte-timeout-ms", lookup),
             60_000,
             1,
         )?;
-        let idle_timeout = millis(pick(f.idle_timeout_ms, "idle-timeout-ms", lookup), 60_000, 1)?;
+        let idle_timeout = millis(
+            pick(f.idle_timeout_ms, "idle-timeout-ms", lookup),
+            60_000,
+            1,
+        )?;
         let allowed_origins = parse_origins(pick(f.allowed_origins, "allowed-origins", lookup))?;
         let auth_tokens = pick(f.auth_tokens, "auth-tokens", lookup)
             .map(|r| list(&r.value))
@@ -348,7 +361,11 @@ impl Config {
             "expected a whole number ≥ 1",
         )?;
         let max_streams_per_connection = int(
-            pick(f.max_streams_per_connection, "max-streams-per-connection", lookup),
+            pick(
+                f.max_streams_per_connection,
+                "max-streams-per-connection",
+                lookup,
+            ),
             4usize,
             1,
             "expected a whole number ≥ 1",
@@ -364,12 +381,21 @@ impl Config {
             10_000,
             1,
         )?;
-        let client_timeout =
-            millis(pick(f.client_timeout_ms, "client-timeout-ms", lookup), 30_000, 1)?;
-        let demo_word_delay =
-            millis(pick(f.demo_word_delay_ms, "demo-word-delay-ms", lookup), 40, 0)?;
-        let shutdown_grace =
-            millis(pick(f.shutdown_grace_ms, "shutdown-grace-ms", lookup), 10_000, 0)?;
+        let client_timeout = millis(
+            pick(f.client_timeout_ms, "client-timeout-ms", lookup),
+            30_000,
+            1,
+        )?;
+        let demo_word_delay = millis(
+            pick(f.demo_word_delay_ms, "demo-word-delay-ms", lookup),
+            40,
+            0,
+        )?;
+        let shutdown_grace = millis(
+            pick(f.shutdown_grace_ms, "shutdown-grace-ms", lookup),
+            10_000,
+            0,
+        )?;
         Ok(Config {
             bind,
             upstreams,

@@ -64,9 +64,9 @@ impl Params {
     fn validate(&self) -> Result<(), String> {
         fn range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), String> {
             match v {
-                Some(x) if !(lo..=hi).contains(&x) => {
-                    Err(format!("params.{name} must be between {lo} and {hi}, got {x}"))
-                }
+                Some(x) if !(lo..=hi).contains(&x) => Err(format!(
+                    "params.{name} must be between {lo} and {hi}, got {x}"
+                )),
                 _ => Ok(()),
             }
         }
@@ -175,7 +175,7 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
         .map_err(|e| tied(ChatError::BadRequest(format!("invalid chat frame: {e}"))))?;
     let model = match wire.model {
         None => models.first().cloned().unwrap_or_default(),
-        Some(m) if models.iter().any(|x| *x == m) => m,
+        Some(m) if models.contains(&m) => m,
         Some(m) => {
             return Err(tied(ChatError::UnknownModel(format!(
                 "model {m:?} is not available; choose one of {}",

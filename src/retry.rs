@@ -83,9 +83,9 @@ pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
         return Verdict::Fail(ChatError::UpstreamBroken(err.reason()));
     }
     match err {
-        AttemptError::Status { status, message, .. }
-            if (400..500).contains(status) && *status != 408 && *status != 429 =>
-        {
+        AttemptError::Status {
+            status, message, ..
+        } if (400..500).contains(status) && *status != 408 && *status != 429 => {
             let msg = if message.is_empty() {
                 format!("the upstream refused the request (HTTP {status})")
             } else {
@@ -94,9 +94,9 @@ pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
             Verdict::Fail(ChatError::UpstreamRejected(msg))
         }
         AttemptError::RejectedBody(m) => Verdict::Fail(ChatError::UpstreamRejected(m.clone())),
-        AttemptError::UnusableBody(m) => Verdict::Fail(ChatError::UpstreamBroken(format!(
-            "unusable response: {m}"
-        ))),
+        AttemptError::UnusableBody(m) => {
+            Verdict::Fail(ChatError::UpstreamBroken(format!("unusable response: {m}")))
+        }
         _ => Verdict::Retry,
     }
 }
@@ -150,7 +150,7 @@ impl Backoff {
 /// honoured: the backoff applies instead).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let secs: f64 = value.trim().parse().ok()?;
-    if secs.is_finite() && secs >= 0.0 && secs < 1.0e7 {
+    if (0.0..1.0e7).contains(&secs) {
         Some(Duration::from_millis((secs * 1000.0).round() as u64))
     } else {
         None

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_web::{HttpRequest, HttpResponse};
 use actix_http::ws::Item;
+use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
 use crate::error::ChatError;
@@ -216,7 +216,10 @@ impl Actor for Session {
         let timeout = config.client_timeout;
         ctx.run_interval(config.heartbeat_interval, move |act, ctx| {
             if act.last_seen.elapsed() > timeout {
-                log::info!("websocket client silent for {} ms: dropped", timeout.as_millis());
+                log::info!(
+                    "websocket client silent for {} ms: dropped",
+                    timeout.as_millis()
+                );
                 ctx.stop();
             } else {
                 ctx.ping(b"");

@@ -1,0 +1,7 @@
+//! The whole test suite in one binary (each test binary is a slow link on
+//! two cores): unit tests of the pure modules, integration tests of the
+//! real gateway against a scripted fake upstream, and browser tests.
+
+mod config;
+mod policy;
+mod protocol;
