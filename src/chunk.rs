@@ -29,7 +29,7 @@ pub enum Decoded {
     Heartbeat,
     /// `data: [DONE]` (surrounding whitespace tolerated)
     Done,
-    /// a chunk. `content` is Some only if choices[0].delta.content is a non-empty string.
+    /// a chunk. `content` is Some only if `choices[0].delta.content` is a non-empty string.
     ///
     /// (For legacy completions, a non-empty string `choices[0].text` is used
     /// when the delta carries no content.) `finish_reason` is Some only for a
@@ -142,7 +142,7 @@ fn chunk_from_wire(wire: Loose<WireChunk<'_>>, text: &str) -> Result<Decoded, St
 /// What a 2xx, non-SSE body was.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WholeBody {
-    /// a non-streamed chat.completion: choices[0].message.content (may be empty string)
+    /// a non-streamed chat.completion: `choices[0].message.content` (may be empty string)
     Completion {
         content: String,
         finish_reason: Option<String>,
@@ -161,8 +161,11 @@ pub enum WholeBody {
 /// has a non-null `error`, `"object":"error"`, or, lacking `choices`, a
 /// `message` or `detail`.
 pub fn decode_whole_body(body: &[u8]) -> WholeBody {
+    if body.is_empty() {
+        return WholeBody::Other("empty body".to_owned());
+    }
     if body.trim_ascii().is_empty() {
-        return WholeBody::Other(format!("empty body of {} bytes", body.len()));
+        return WholeBody::Other(format!("blank body of {} bytes", body.len()));
     }
     let value: Value = match serde_json::from_slice(strip_bom(body)) {
         Ok(v) => v,

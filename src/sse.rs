@@ -82,21 +82,28 @@ impl Parser {
                 }
             }
         }
-        self.line.extend_from_slice(rest);
-        // naive: rescan the whole buffer from its start on every push
-        while let Some(pos) = self.line.iter().position(|&b| b == b'\n' || b == b'\r') {
-            let line: Vec<u8> = self.line[..pos].to_vec();
-            self.fields.line(&line, out);
+        while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            if self.line.is_empty() {
+                self.fields.line(&rest[..pos], out);
+            } else {
+                self.line.extend_from_slice(&rest[..pos]);
+                self.fields.line(&self.line, out);
+                self.line.clear();
+                if self.line.capacity() > KEEP_CAPACITY {
+                    self.line.shrink_to(KEEP_CAPACITY);
+                }
+            }
             let mut next = pos + 1;
-            if self.line[pos] == b'\r' {
-                match self.line.get(next) {
+            if rest[pos] == b'\r' {
+                match rest.get(next) {
                     Some(b'\n') => next += 1,
                     Some(_) => {}
                     None => self.after_cr = true,
                 }
             }
-            self.line.drain(..next);
+            rest = &rest[next..];
         }
+        self.line.extend_from_slice(rest);
     }
 
     /// End of body. Returns true if an unterminated event (fields seen but no blank line yet, or a partial line) was pending and is dropped (browsers drop it). Resets state.
