@@ -53,9 +53,6 @@ pub struct Config {
     pub client_timeout: Duration,
     pub demo_word_delay: Duration,
     pub shutdown_grace: Duration,
-    /// Whether the server reacts to SIGINT/SIGTERM itself (the binary: yes;
-    /// in-process tests: no). Not a flag.
-    pub handle_signals: bool,
 }
 
 #[derive(Parser, Debug, Default)]
@@ -286,10 +283,7 @@ impl Config {
     pub fn from_env_and_args() -> Config {
         let flags = Flags::parse();
         match Self::resolve(flags, &|k| std::env::var(k).ok()) {
-            Ok(mut c) => {
-                c.handle_signals = true;
-                c
-            }
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("netfly: {e}");
                 std::process::exit(2);
@@ -416,7 +410,6 @@ impl Config {
             client_timeout,
             demo_word_delay,
             shutdown_grace,
-            handle_signals: false,
         })
     }
 

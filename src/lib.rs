@@ -7,10 +7,12 @@ pub mod chunk;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod retry;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod sse;
 pub mod upstream;
 

@@ -12,12 +12,33 @@ async fn main() -> ExitCode {
     match Gateway::start(config).await {
         Ok(gateway) => {
             eprintln!("listening on http://{}", gateway.addr);
-            gateway.wait().await;
+            wait_for_signal().await;
+            gateway.shutdown().await;
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("netfly: cannot serve on {bind}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => log::info!("SIGINT: draining"),
+                _ = term.recv() => log::info!("SIGTERM: draining"),
+            }
+        }
+        _ => {
+            log::warn!("cannot install signal handlers; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

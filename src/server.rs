@@ -12,8 +12,10 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use crate::admission::{self, Connections, Refusal};
 use crate::config::{url_host, Config, UpstreamSpec};
 use crate::demo::{self, Demo};
+use crate::metrics::Metrics;
 use crate::session;
-use crate::upstream::{Shared, Target, Upstream};
+use crate::shared::{Shared, Target};
+use crate::upstream::Upstream;
 
 /// The demo page and its assets, embedded so the binary runs from anywhere.
 const INDEX_HTML: &str = include_str!("../static/index.html");
@@ -32,34 +34,62 @@ async fn ws_route(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> actix_web::Result<HttpResponse> {
-    let permit = match admission::admit(&req, &state.shared.config, &state.connections) {
-        Ok(p) => p,
-        Err(Refusal::Origin(origin)) => {
-            log::info!("websocket refused: origin {origin:?} not allowed");
-            return Ok(HttpResponse::Forbidden().body("origin not allowed\n"));
+    let metrics = &state.shared.metrics;
+    if state.shared.draining() {
+        metrics
+            .ws_refused_total
+            .with_label_values(&["draining"])
+            .inc();
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .body("server shutting down\n"));
+    }
+    let refusal = match admission::admit(&req, &state.shared.config, &state.connections) {
+        Ok(permit) => {
+            return session::start(
+                &req,
+                payload,
+                state.shared.clone(),
+                state.upstream.clone(),
+                Some(Box::new(permit)),
+            )
         }
-        Err(Refusal::Unauthorized) => {
-            return Ok(HttpResponse::Unauthorized()
-                .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-                .body("a valid token is required (?token= or Authorization: Bearer)\n"));
-        }
-        Err(Refusal::Full) => {
-            return Ok(HttpResponse::ServiceUnavailable()
-                .insert_header((header::RETRY_AFTER, "1"))
-                .body("too many connections\n"));
-        }
+        Err(r) => r,
     };
-    session::start(
-        &req,
-        payload,
-        state.shared.clone(),
-        state.upstream.clone(),
-        Some(Box::new(permit)),
-    )
+    let label = match &refusal {
+        Refusal::Origin(_) => "origin",
+        Refusal::Unauthorized => "auth",
+        Refusal::Full => "full",
+    };
+    metrics.ws_refused_total.with_label_values(&[label]).inc();
+    match refusal {
+        Refusal::Origin(origin) => {
+            log::info!("websocket refused: origin {origin:?} not allowed");
+            Ok(HttpResponse::Forbidden().body("origin not allowed\n"))
+        }
+        Refusal::Unauthorized => Ok(HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .body("a valid token is required (?token= or Authorization: Bearer)\n")),
+        Refusal::Full => Ok(HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .body("too many connections\n")),
+    }
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok")
+async fn healthz(state: web::Data<State>) -> HttpResponse {
+    if state.shared.draining() {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("draining")
+    } else {
+        HttpResponse::Ok().content_type("text/plain").body("ok")
+    }
+}
+
+async fn metrics_route(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.shared.metrics.render())
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> HttpResponse {
@@ -90,6 +120,7 @@ pub struct Gateway {
     handle: ServerHandle,
     server: tokio::task::JoinHandle<io::Result<()>>,
     demo: Option<Demo>,
+    shared: Arc<Shared>,
 }
 
 impl Gateway {
@@ -123,11 +154,11 @@ impl Gateway {
         }
         let listener = std::net::TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
-        let grace = config.shutdown_grace;
-        let signals = config.handle_signals;
-        let shared = Arc::new(Shared { config, targets });
+        let metrics = Metrics::new().map_err(io::Error::other)?;
+        let shared = Arc::new(Shared::new(config, targets, metrics));
+        let shared_out = shared.clone();
         let connections = Arc::new(Connections::default());
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             let upstream = Upstream::new(shared.clone()).start();
             App::new()
                 .app_data(web::Data::new(State {
@@ -137,16 +168,17 @@ impl Gateway {
                 }))
                 .route("/ws", web::get().to(ws_route))
                 .route("/healthz", web::get().to(healthz))
+                .route("/metrics", web::get().to(metrics_route))
                 .route("/", web::get().to(index))
                 .route("/static/{file}", web::get().to(static_file))
         })
         .tcp_nodelay(true)
         .backlog(4096)
         .max_connections(100_000)
-        .shutdown_timeout(grace.as_secs().max(1));
-        if !signals {
-            server = server.disable_signals();
-        }
+        .shutdown_timeout(1)
+        // Signals are ours (see `Gateway::shutdown`): actix's own handling
+        // would cut WebSockets without a close frame.
+        .disable_signals();
         let server = server.listen(listener)?.run();
         let handle = server.handle();
         let server = actix_rt::spawn(server);
@@ -155,6 +187,7 @@ impl Gateway {
             handle,
             server,
             demo,
+            shared: shared_out,
         })
     }
 
@@ -171,10 +204,43 @@ impl Gateway {
         }
     }
 
-    /// Stops the server (`graceful`: let connections finish within the
-    /// grace period) and waits for it.
+    /// Stops the server now: every socket is closed (1001) and the server
+    /// stopped. See [`Gateway::shutdown`] for the graceful path.
     pub async fn stop(self, graceful: bool) {
+        self.shared.start_draining();
+        self.shared.close_all();
+        if graceful {
+            // Let the close frames reach the browsers.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         self.handle.stop(graceful).await;
         self.wait().await;
+    }
+
+    /// The graceful drain of PROTOCOL.md §1: refuse new sockets and chats
+    /// (`/healthz` answers 503), give chats in flight up to the grace period
+    /// to finish, then close every socket with 1001 and stop.
+    pub async fn shutdown(self) {
+        self.shared.start_draining();
+        let grace = self.shared.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        let active = self.shared.metrics.chats_active.get();
+        log::info!(
+            "draining: {active} chats in flight, up to {} ms to finish",
+            grace.as_millis()
+        );
+        while self.shared.metrics.chats_active.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left = self.shared.metrics.chats_active.get();
+        if left > 0 {
+            log::warn!("grace period over: closing sockets with {left} chats in flight");
+        }
+        self.stop(true).await;
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 }

@@ -6,18 +6,32 @@
 //! actix-web-actors' API stays inside this file, so moving to `actix-ws`
 //! later touches nothing else.
 
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::Notify;
 
 use crate::error::ChatError;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
-use crate::upstream::{CancelChat, ChatEvent, EventKind, Shared, StartChat, Upstream};
+use crate::shared::Shared;
+use crate::upstream::{CancelChat, ChatEvent, EventKind, StartChat, Upstream};
+
+/// Unsent output above which a socket's chats stop reading their upstream
+/// until the browser catches up (a slow browser slows the upstream read).
+const LOW_WATER: u64 = 1024 * 1024;
+/// Unsent output above which the socket is closed with 1008.
+const HIGH_WATER: u64 = 4 * 1024 * 1024;
 
 /// Process-wide chat keys: a client may reuse an id once its chat ended,
 /// and a late event of the old chat must never reach the new one.
@@ -28,6 +42,57 @@ struct Slot {
     key: u64,
     id: String,
     model: String,
+    accepted: Instant,
+    deltas: u64,
+}
+
+/// Bytes queued on the socket versus bytes handed to the HTTP layer; the
+/// difference is what a browser has not taken yet.
+#[derive(Default)]
+struct Output {
+    queued: Cell<u64>,
+    flushed: Cell<u64>,
+    drained: Notify,
+}
+
+impl Output {
+    fn unsent(&self) -> u64 {
+        self.queued.get().saturating_sub(self.flushed.get())
+    }
+}
+
+/// The socket's outgoing byte stream, counting what leaves.
+struct Counted {
+    inner: Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>,
+    output: Rc<Output>,
+}
+
+impl Stream for Counted {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(bytes))) = &polled {
+            let out = &self.output;
+            out.flushed.set(out.flushed.get() + bytes.len() as u64);
+            if out.unsent() < LOW_WATER {
+                out.drained.notify_waiters();
+            }
+        }
+        polled
+    }
+}
+
+/// The size on the wire of an unmasked server frame carrying `len` bytes.
+fn frame_len(len: usize) -> u64 {
+    let header = if len < 126 {
+        2
+    } else if len <= 0xffff {
+        4
+    } else {
+        10
+    };
+    (header + len) as u64
 }
 
 /// A message being assembled from continuation frames.
@@ -43,6 +108,7 @@ pub struct Session {
     chats: Vec<Slot>,
     last_seen: Instant,
     partial: Option<Partial>,
+    output: Rc<Output>,
     /// Held for the socket's lifetime (e.g. a connection-count permit).
     _guard: Option<Box<dyn std::any::Any>>,
 }
@@ -57,22 +123,44 @@ pub fn start(
     guard: Option<Box<dyn std::any::Any>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max = shared.config.max_frame_bytes;
+    let output = Rc::new(Output::default());
     let session = Session {
         shared,
         upstream,
         chats: Vec::new(),
         last_seen: Instant::now(),
         partial: None,
+        output: output.clone(),
         _guard: guard,
     };
-    ws::WsResponseBuilder::new(session, req, payload)
-        .frame_size(max)
-        .start()
+    let mut response = ws::handshake(req)?;
+    let codec = actix_http::ws::Codec::new().max_size(max);
+    let frames = ws::WebsocketContext::with_codec(session, payload, codec);
+    Ok(response.streaming(Counted {
+        inner: Box::pin(frames),
+        output,
+    }))
 }
 
 impl Session {
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
-        ctx.text(frame.to_json());
+        self.write(ctx, frame.to_json());
+    }
+
+    /// Queues one text frame, accounting for it in the unsent output.
+    fn write(&self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
+        let out = &self.output;
+        out.queued.set(out.queued.get() + frame_len(text.len()));
+        ctx.text(text);
+    }
+
+    /// Removes the chat at `pos`, counting how it ended.
+    fn finish(&mut self, pos: usize, outcome: &str) -> Slot {
+        let slot = self.chats.remove(pos);
+        let m = &self.shared.metrics;
+        m.chats_active.dec();
+        m.chat_ended(outcome);
+        slot
     }
 
     fn send_error(&self, ctx: &mut ws::WebsocketContext<Self>, id: Option<&str>, err: &ChatError) {
@@ -94,6 +182,12 @@ impl Session {
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
         match protocol::parse_client_frame(text, &self.shared.config.models) {
             Ok(ClientFrame::Chat(request)) => {
+                if self.shared.draining() {
+                    let err = ChatError::Busy("the server is shutting down; retry shortly".into());
+                    self.shared.metrics.chat_ended(err.code());
+                    self.send_error(ctx, Some(&request.id), &err);
+                    return;
+                }
                 if self.position(&request.id).is_some() {
                     let err = ChatError::BadRequest(format!(
                         "duplicate id {:?}: a chat with this id is already in flight",
@@ -107,6 +201,7 @@ impl Session {
                     let err = ChatError::Busy(format!(
                         "{max} chats are already in flight on this connection; wait for one to finish"
                     ));
+                    self.shared.metrics.chat_ended(err.code());
                     self.send_error(ctx, Some(&request.id), &err);
                     return;
                 }
@@ -115,7 +210,10 @@ impl Session {
                     key,
                     id: request.id.clone(),
                     model: request.model.clone(),
+                    accepted: Instant::now(),
+                    deltas: 0,
                 });
+                self.shared.metrics.chats_active.inc();
                 self.upstream.do_send(StartChat {
                     key,
                     request,
@@ -125,7 +223,7 @@ impl Session {
             Ok(ClientFrame::Cancel { id }) => {
                 // Cancelling a chat that is not in flight is ignored.
                 if let Some(pos) = self.position(&id) {
-                    let slot = self.chats.remove(pos);
+                    let slot = self.finish(pos, "cancelled");
                     self.upstream.do_send(CancelChat { key: slot.key });
                     self.send(
                         ctx,
@@ -140,6 +238,9 @@ impl Session {
             Err(FrameError { id, error }) => {
                 // Never tie an error to a chat that is running under that id.
                 let id = id.filter(|i| self.position(i).is_none());
+                if id.is_some() {
+                    self.shared.metrics.chat_ended(error.code());
+                }
                 self.send_error(ctx, id.as_deref(), &error);
             }
         }
@@ -204,6 +305,17 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.shared.metrics.ws_connections.inc();
+        let mut closing = self.shared.closing();
+        ctx.spawn(
+            async move {
+                let _ = closing.wait_for(|c| *c).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                act.close(ctx, ws::CloseCode::Away, "server shutting down");
+            }),
+        );
         let config = &self.shared.config;
         self.send(
             ctx,
@@ -222,15 +334,23 @@ impl Actor for Session {
                 );
                 ctx.stop();
             } else {
+                let out = &act.output;
+                out.queued.set(out.queued.get() + frame_len(0));
                 ctx.ping(b"");
             }
         });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        let m = &self.shared.metrics;
+        m.ws_connections.dec();
         for slot in self.chats.drain(..) {
+            m.chats_active.dec();
+            m.chat_ended("disconnected");
             self.upstream.do_send(CancelChat { key: slot.key });
         }
+        // Wake chats waiting for this socket to drain: it never will.
+        self.output.drained.notify_waiters();
     }
 }
 
@@ -269,13 +389,32 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
 }
 
 impl Handler<ChatEvent> for Session {
-    type Result = ();
+    /// Resolves once the socket's unsent output is below the low-water
+    /// mark: the chat's bounded send waits, so its upstream read pauses.
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, msg: ChatEvent, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ChatEvent, ctx: &mut Self::Context) -> Self::Result {
+        self.on_event(msg, ctx);
+        let output = self.output.clone();
+        Box::pin(async move {
+            loop {
+                let drained = output.drained.notified();
+                if output.unsent() < LOW_WATER {
+                    return;
+                }
+                drained.await;
+            }
+        })
+    }
+}
+
+impl Session {
+    fn on_event(&mut self, msg: ChatEvent, ctx: &mut ws::WebsocketContext<Self>) {
         let Some(pos) = self.chats.iter().position(|s| s.key == msg.key) else {
             return; // cancelled or finished: late events are dropped
         };
-        let slot = &self.chats[pos];
+        let m = &self.shared.metrics;
+        let slot = &mut self.chats[pos];
         let id = slot.id.as_str();
         let text = match &msg.kind {
             EventKind::Start { upstream, attempt } => ServerFrame::Start {
@@ -296,7 +435,18 @@ impl Handler<ChatEvent> for Session {
                 reason,
             }
             .to_json(),
-            EventKind::Delta(content) => ServerFrame::Delta { id, content }.to_json(),
+            EventKind::Delta { text, read_at } => {
+                let frame = ServerFrame::Delta { id, content: text }.to_json();
+                m.deltas_total.inc();
+                m.delta_added_latency_seconds
+                    .observe(read_at.elapsed().as_secs_f64());
+                if slot.deltas == 0 {
+                    m.time_to_first_delta_seconds
+                        .observe(slot.accepted.elapsed().as_secs_f64());
+                }
+                slot.deltas += 1;
+                frame
+            }
             EventKind::Done {
                 finish_reason,
                 usage,
@@ -308,9 +458,27 @@ impl Handler<ChatEvent> for Session {
             .to_json(),
             EventKind::Failed(err) => ServerFrame::error(Some(id), err).to_json(),
         };
-        ctx.text(text);
-        if msg.kind.is_terminal() {
-            self.chats.remove(pos);
+        self.write(ctx, text);
+        match &msg.kind {
+            EventKind::Done { .. } => {
+                self.finish(pos, "done");
+            }
+            EventKind::Failed(err) => {
+                self.finish(pos, err.code());
+            }
+            _ => {}
+        }
+        if self.output.unsent() > HIGH_WATER {
+            log::warn!(
+                "websocket closed: {} bytes unsent (browser not reading)",
+                self.output.unsent()
+            );
+            self.shared.metrics.ws_slow_consumer_closed_total.inc();
+            self.close(
+                ctx,
+                ws::CloseCode::Policy,
+                "too much unsent output: the client is not reading",
+            );
         }
     }
 }

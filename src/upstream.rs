@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::error::{redact, ChatError};
 use crate::protocol::{ChatRequest, UpstreamRequest};
 use crate::retry::{self, AttemptError, Backoff, Verdict};
+use crate::shared::{Shared, Target};
 use crate::sse;
 
 /// Largest error body read from a failed upstream answer.
@@ -34,22 +35,6 @@ const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
 /// After `[DONE]`, how long the rest of the body may take to arrive so that
 /// the connection can go back to the pool instead of being closed.
 const DRAIN_AFTER_DONE: Duration = Duration::from_millis(500);
-
-/// One upstream chat-completions endpoint, resolved.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The full URL POSTed to.
-    pub url: String,
-    /// What the client is told in `start` (host[:port], or `demo`).
-    pub host: String,
-}
-
-/// What every worker shares: the configuration and the resolved upstreams.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub targets: Vec<Target>,
-}
 
 /// What a chat tells whoever started it.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,8 +47,9 @@ pub enum EventKind {
         delay: Duration,
         reason: String,
     },
-    /// One content fragment, exactly as the upstream sent it.
-    Delta(String),
+    /// One content fragment, exactly as the upstream sent it, with the
+    /// moment its bytes were read from the upstream.
+    Delta { text: String, read_at: Instant },
     /// The chat finished.
     Done {
         finish_reason: String,
@@ -367,7 +353,9 @@ impl ChatTask {
                     }
                 }
                 p.attempts += 1;
-                match self.attempt(target, body.clone(), p).await {
+                let end = self.attempt(target, body.clone(), p).await;
+                self.shared.metrics.attempt(attempt_result(&end));
+                match end {
                     AttemptEnd::Finished {
                         finish_reason,
                         usage,
@@ -421,10 +409,15 @@ impl ChatTask {
         if let Some(key) = &config.api_key {
             req = req.bearer_auth(key);
         }
+        let sent = Instant::now();
         let mut resp: Resp = match req.send_body(body).await {
             Ok(r) => r,
             Err(e) => return AttemptEnd::Failed(self.send_error(e)),
         };
+        self.shared
+            .metrics
+            .upstream_first_byte_seconds
+            .observe(sent.elapsed().as_secs_f64());
         let status = resp.status();
         if !status.is_success() {
             return AttemptEnd::Failed(self.status_error(&mut resp).await);
@@ -467,6 +460,7 @@ impl ChatTask {
                 Ok(Some(Err(e))) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
                 Ok(Some(Ok(b))) => b,
             };
+            let read_at = Instant::now();
             parser.push(&bytes, &mut events);
             for ev in events.drain(..) {
                 match chunk::decode_event(&ev) {
@@ -492,7 +486,8 @@ impl ChatTask {
                         }
                         if let Some(text) = content {
                             p.committed = true;
-                            if !self.emit(EventKind::Delta(text)).await {
+                            let delta = EventKind::Delta { text, read_at };
+                            if !self.emit(delta).await {
                                 return AttemptEnd::ClientGone;
                             }
                             p.deltas += 1;
@@ -551,7 +546,11 @@ impl ChatTask {
                 }
                 if !content.is_empty() {
                     p.committed = true;
-                    if !self.emit(EventKind::Delta(content)).await {
+                    let delta = EventKind::Delta {
+                        text: content,
+                        read_at: Instant::now(),
+                    };
+                    if !self.emit(delta).await {
                         return AttemptEnd::ClientGone;
                     }
                     p.deltas += 1;
@@ -597,6 +596,23 @@ impl ChatTask {
             E::Connect(c) => AttemptError::Connect(redact(&connect_reason(&c), key)),
             other => AttemptError::Connect(redact(&other.to_string(), key)),
         }
+    }
+}
+
+/// The `result` label of one attempt for the metrics.
+fn attempt_result(end: &AttemptEnd) -> &'static str {
+    match end {
+        AttemptEnd::Finished { .. } => "ok",
+        AttemptEnd::ClientGone => "client_gone",
+        AttemptEnd::Failed(e) => match e {
+            AttemptError::Connect(_) => "connect",
+            AttemptError::FirstByteTimeout(_) | AttemptError::IdleTimeout(_) => "timeout",
+            AttemptError::Status { status: 429, .. } => "http_429",
+            AttemptError::Status { status, .. } if *status >= 500 => "http_5xx",
+            AttemptError::Status { .. } => "http_4xx",
+            AttemptError::StreamError(_) | AttemptError::RejectedBody(_) => "upstream_error",
+            AttemptError::Broken(_) | AttemptError::UnusableBody(_) => "broken",
+        },
     }
 }
 

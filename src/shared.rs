@@ -1,0 +1,59 @@
+//! What every worker of one gateway shares: configuration, the resolved
+//! upstreams, metrics and the shutdown state.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// One upstream chat-completions endpoint, resolved.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The full URL POSTed to.
+    pub url: String,
+    /// What the client is told in `start` (host[:port], or `demo`).
+    pub host: String,
+}
+
+/// Shared by every worker, session and chat of one gateway.
+pub struct Shared {
+    pub config: Config,
+    pub targets: Vec<Target>,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+    closing: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(config: Config, targets: Vec<Target>, metrics: Metrics) -> Shared {
+        Shared {
+            config,
+            targets,
+            metrics,
+            draining: AtomicBool::new(false),
+            closing: watch::Sender::new(false),
+        }
+    }
+
+    /// Whether the gateway is shutting down (no new sockets or chats).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts the drain: new sockets and chats are refused from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Tells every socket to close now (code 1001).
+    pub fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves when `close_all` has been called.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+}
