@@ -2,6 +2,12 @@
 //! two cores): unit tests of the pure modules, integration tests of the
 //! real gateway against a scripted fake upstream, and browser tests.
 
+mod support;
+
+mod browser;
+mod chunk;
 mod config;
+mod gateway;
 mod policy;
 mod protocol;
+mod sse;

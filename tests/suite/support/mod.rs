@@ -1,0 +1,188 @@
+//! Shared test harness: start the real gateway in-process, a scripted fake
+//! upstream ([`fake`]) and a WebSocket client ([`ws`]), plus helpers that
+//! read chat frames.
+//!
+//! Everything listens on `127.0.0.1:0`; every wait is bounded.
+
+#![allow(dead_code)]
+
+pub mod fake;
+pub mod ws;
+
+use std::sync::Once;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub use fake::{closed_port_url, End, FakeUpstream, Part, Reply};
+pub use ws::WsClient;
+
+/// A generous bound for one chat to finish in tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Defaults added to every test gateway unless the test sets the flag
+/// itself: quick backoff so retry tests take milliseconds.
+pub const TEST_DEFAULTS: &[(&str, &str)] =
+    &[("--backoff-base-ms", "10"), ("--backoff-max-ms", "50")];
+
+/// Process-wide set-up the harness needs once: the rustls crypto provider
+/// (awc's connector panics without one).
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// Builds the gateway config for `args` (after `--bind 127.0.0.1:0` and the
+/// [`TEST_DEFAULTS`] the args do not override), with an empty environment.
+pub fn test_config(args: &[&str]) -> netfly::Config {
+    let mut full: Vec<&str> = vec!["--bind", "127.0.0.1:0"];
+    for (flag, value) in TEST_DEFAULTS {
+        if !args.contains(flag) {
+            full.extend([*flag, *value]);
+        }
+    }
+    full.extend_from_slice(args);
+    netfly::Config::from_args(full.clone(), |_: &str| None)
+        .unwrap_or_else(|e| panic!("gateway config {full:?} rejected: {e}"))
+}
+
+/// Starts the real gateway in-process (see [`test_config`]). Stop it with
+/// `gateway.stop(false).await` at the end of the test.
+pub async fn start_gateway(args: &[&str]) -> netfly::Gateway {
+    init();
+    netfly::Gateway::start(test_config(args))
+        .await
+        .unwrap_or_else(|e| panic!("gateway failed to start with {args:?}: {e}"))
+}
+
+/// A gateway whose only upstream is `fake`, with extra `args`.
+pub async fn gateway_for(fake: &FakeUpstream, args: &[&str]) -> netfly::Gateway {
+    let url = fake.url();
+    let mut full = vec!["--upstream", url.as_str()];
+    full.extend_from_slice(args);
+    start_gateway(&full).await
+}
+
+/// A `chat` frame with one user message and no model/params.
+pub fn chat_frame(id: &str, content: &str) -> Value {
+    json!({
+        "type": "chat",
+        "id": id,
+        "messages": [{ "role": "user", "content": content }]
+    })
+}
+
+/// Concatenation of the `delta` contents among `frames`.
+pub fn content_of(frames: &[Value]) -> String {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "delta")
+        .map(|f| f["content"].as_str().expect("delta content is a string"))
+        .collect()
+}
+
+/// The frames of one type.
+pub fn of_type<'a>(frames: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    frames.iter().filter(|f| f["type"] == ty).collect()
+}
+
+/// The terminal (last) frame of a chat.
+pub fn terminal(frames: &[Value]) -> &Value {
+    let last = frames.last().expect("no frames");
+    assert!(ws::is_terminal(last), "last frame is not terminal: {last}");
+    last
+}
+
+/// Asserts the chat ended with `done` and returns that frame.
+pub fn expect_done(frames: &[Value]) -> &Value {
+    let t = terminal(frames);
+    assert_eq!(t["type"], "done", "expected done, frames: {frames:#?}");
+    t
+}
+
+/// Asserts the chat ended with `error` of `code` and returns that frame.
+pub fn expect_error<'a>(frames: &'a [Value], code: &str) -> &'a Value {
+    let t = terminal(frames);
+    assert_eq!(
+        (t["type"].as_str(), t["code"].as_str()),
+        (Some("error"), Some(code)),
+        "expected error {code:?}, frames: {frames:#?}"
+    );
+    assert!(
+        t["message"].is_string(),
+        "error frames carry a string message: {t}"
+    );
+    assert!(
+        t["retryable"].is_boolean(),
+        "error frames carry a boolean retryable: {t}"
+    );
+    t
+}
+
+/// The per-chat invariants of PROTOCOL §3, checked on every collected chat:
+/// all frames carry the id; exactly one terminal frame and it is last; at
+/// most one `start`, before every `delta`; deltas are non-empty strings.
+pub fn check_chat_frames(id: &str, frames: &[Value]) {
+    let mut seen_start = false;
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f["id"], id, "frame for another id in {id:?}: {f}");
+        let last = i + 1 == frames.len();
+        assert_eq!(
+            ws::is_terminal(f),
+            last,
+            "exactly one terminal frame, last, for {id:?}: {frames:#?}"
+        );
+        match f["type"].as_str() {
+            Some("start") => {
+                assert!(!seen_start, "two start frames for {id:?}: {frames:#?}");
+                seen_start = true;
+                assert!(f["upstream"].is_string(), "start.upstream: {f}");
+                assert!(f["attempt"].is_u64(), "start.attempt: {f}");
+                assert!(f["model"].is_string(), "start.model: {f}");
+            }
+            Some("delta") => {
+                assert!(seen_start, "delta before start for {id:?}: {frames:#?}");
+                let c = f["content"].as_str().expect("delta.content is a string");
+                assert!(!c.is_empty(), "empty delta for {id:?}: {f}");
+            }
+            Some("retry") => {
+                assert!(f["attempt"].is_u64(), "retry.attempt: {f}");
+                assert!(f["delay_ms"].is_u64(), "retry.delay_ms: {f}");
+                assert!(f["reason"].is_string(), "retry.reason: {f}");
+            }
+            Some("done") => {
+                assert!(f["finish_reason"].is_string(), "done.finish_reason: {f}");
+                assert!(
+                    f.get("usage").is_some(),
+                    "done.usage must be present (object or null): {f}"
+                );
+            }
+            Some("error") => {}
+            other => panic!("unexpected frame type {other:?} for {id:?}: {f}"),
+        }
+    }
+}
+
+/// An `http://addr/path` GET with a plain awc client: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    init();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let mut resp = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} failed: {e}"));
+    let body = resp
+        .body()
+        .limit(4 * 1024 * 1024)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} body failed: {e}"));
+    (
+        resp.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
