@@ -220,34 +220,89 @@
     return out;
   }
 
-  /** Replaces `container`'s children with `text`, rendered safely. */
-  function renderText(container, text) {
-    const frag = document.createDocumentFragment();
-    for (const seg of segments(text)) {
-      if (!seg.code) {
-        const p = document.createElement("div");
-        p.className = "prose";
-        p.textContent = seg.text;
-        frag.appendChild(p);
-        continue;
-      }
-      const pre = document.createElement("pre");
-      pre.className = "code";
-      const open = document.createElement("span");
-      open.className = "fence";
-      open.textContent = seg.open;
-      const code = document.createElement("code");
-      code.textContent = seg.body;
-      pre.append(open, code);
-      if (seg.close) {
-        const close = document.createElement("span");
-        close.className = "fence";
-        close.textContent = seg.close;
-        pre.appendChild(close);
-      }
-      frag.appendChild(pre);
+  function sameSegment(a, b) {
+    return a.code === b.code && (a.code
+      ? a.open === b.open && a.body === b.body && a.close === b.close
+      : a.text === b.text);
+  }
+
+  /** The DOM of one segment: a prose block, or a <pre> with its fences. */
+  function segmentNode(seg) {
+    if (!seg.code) {
+      const div = document.createElement("div");
+      div.className = "prose";
+      div.textContent = seg.text;
+      return { el: div, text: div };
     }
-    container.replaceChildren(frag);
+    const pre = document.createElement("pre");
+    pre.className = "code";
+    const open = document.createElement("span");
+    open.className = "fence";
+    open.textContent = seg.open;
+    const code = document.createElement("code");
+    code.textContent = seg.body;
+    pre.append(open, code);
+    if (seg.close) pre.appendChild(fenceSpan(seg.close));
+    return { el: pre, text: code };
+  }
+
+  function fenceSpan(line) {
+    const span = document.createElement("span");
+    span.className = "fence";
+    span.textContent = line;
+    return span;
+  }
+
+  /**
+   * Shows a growing text in `container`, safely (text nodes only). Each
+   * update keeps the nodes of what is already shown and appends only the new
+   * text where it can, so that a screen reader's live region announces the
+   * new words rather than the whole answer again.
+   */
+  class TextView {
+    constructor(container) {
+      this.container = container;
+      this.segs = [];
+      this.nodes = [];
+    }
+
+    update(text) {
+      const next = segments(text);
+      let keep = 0;
+      while (keep < this.segs.length && keep < next.length && sameSegment(this.segs[keep], next[keep])) keep++;
+      if (keep === this.segs.length - 1 && keep < next.length && this.extend(keep, next[keep])) keep++;
+      for (let i = keep; i < this.nodes.length; i++) this.nodes[i].el.remove();
+      this.nodes.length = keep;
+      for (let i = keep; i < next.length; i++) {
+        const node = segmentNode(next[i]);
+        this.container.appendChild(node.el);
+        this.nodes.push(node);
+      }
+      this.segs = next;
+    }
+
+    /** Grows the last shown segment into `seg` in place, if it only grew. */
+    extend(i, seg) {
+      const old = this.segs[i];
+      const node = this.nodes[i];
+      if (!old.code && !seg.code && seg.text.startsWith(old.text)) {
+        node.text.appendChild(document.createTextNode(seg.text.slice(old.text.length)));
+        return true;
+      }
+      if (old.code && seg.code && old.open === seg.open && old.close === "" && seg.body.startsWith(old.body)) {
+        if (seg.body.length > old.body.length) {
+          node.text.appendChild(document.createTextNode(seg.body.slice(old.body.length)));
+        }
+        if (seg.close) node.el.appendChild(fenceSpan(seg.close));
+        return true;
+      }
+      return false;
+    }
+
+    /** Merges the text nodes left by streaming (same text, fewer nodes). */
+    settle() {
+      this.container.normalize();
+    }
   }
 
   /** Copies text to the clipboard, with a fallback for insecure origins. */
@@ -317,6 +372,7 @@
         model: $("model"),
         status: $("status"),
         statusText: $("status-text"),
+        statusDetail: $("status-detail"),
         reconnectNow: $("reconnect-now"),
         newChat: $("new-chat"),
         system: $("system-prompt"),
@@ -430,11 +486,13 @@
     showStatus(state, detail) {
       const d = this.dom;
       d.status.dataset.state = state;
-      let text = STATUS_TEXT[state] || state;
-      if (state === "offline") {
-        text += detail.trying ? " — trying…" : ` — retrying in ${detail.retryInSeconds || 0} s`;
-      }
+      const text = STATUS_TEXT[state] || state;
       if (d.statusText.textContent !== text) d.statusText.textContent = text;
+      // The countdown is not in the live region: it would be read every second.
+      let more = "";
+      if (state === "offline") more = detail.trying ? "trying…" : `retrying in ${detail.retryInSeconds || 0} s`;
+      if (d.statusDetail.textContent !== more) d.statusDetail.textContent = more;
+      d.statusDetail.hidden = more === "";
       d.reconnectNow.hidden = state !== "offline";
       this.updateComposer();
     }
@@ -655,7 +713,7 @@
       li.dataset.role = "user";
       li.append(el("h2", "visually-hidden", "You said:"));
       const body = el("div", "turn-body");
-      renderText(body, text);
+      new TextView(body).update(text);
       li.append(body);
       this.append({ role: "user", content: text, node: li });
     }
@@ -680,7 +738,7 @@
       footer.append(actions, meta);
       li.append(body, note, errorBox, footer);
       const turn = {
-        role: "assistant", content: "", state: "waiting", id: null, node: li, body, meta: {},
+        role: "assistant", content: "", state: "waiting", id: null, node: li, body, view: new TextView(body), meta: {},
         metaNode: meta, noteNode: note, errorNode: errorBox, actions, copyButton: copy, retryButton: null,
       };
       copy.addEventListener("click", async () => {
@@ -782,7 +840,8 @@
 
     renderNow(turn) {
       this.renderQueued.delete(turn);
-      renderText(turn.body, turn.content);
+      turn.view.update(turn.content);
+      if (turn.state !== "waiting" && turn.state !== "streaming") turn.view.settle();
       turn.body.classList.toggle("pending", turn.state === "waiting" && turn.content === "");
       turn.body.hidden = turn.content === "" && turn.state !== "waiting" && turn.state !== "streaming";
       turn.copyButton.hidden = turn.content === "";
