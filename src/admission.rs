@@ -3,8 +3,10 @@
 //! gets a plain HTTP status and never a socket.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -20,6 +22,8 @@ pub enum Refusal {
     Unauthorized,
     /// 503: `--max-connections` sockets are open.
     Full,
+    /// 429: this address has `--max-connections-per-ip` sockets open.
+    TooManyFromIp,
 }
 
 /// Counts open sockets; one permit per socket, released on drop.
@@ -122,8 +126,21 @@ fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> Result<(), Ref
     }
 }
 
+/// What an admitted socket holds until it closes.
+#[derive(Debug)]
+pub struct Admitted {
+    pub permit: Permit,
+    pub ip_permit: Option<IpPermit>,
+    pub ip: Option<IpAddr>,
+}
+
 /// Runs every admission check for a `/ws` upgrade.
-pub fn admit(req: &HttpRequest, config: &Config, conns: &Connections) -> Result<Permit, Refusal> {
+pub fn admit(
+    req: &HttpRequest,
+    config: &Config,
+    conns: &Connections,
+    ips: &Arc<IpLimits>,
+) -> Result<Admitted, Refusal> {
     origin_allowed(req, &config.allowed_origins)?;
     if !config.auth_tokens.is_empty() {
         let presented = presented_token(req).unwrap_or_default();
@@ -135,7 +152,138 @@ pub fn admit(req: &HttpRequest, config: &Config, conns: &Connections) -> Result<
             return Err(Refusal::Unauthorized);
         }
     }
-    conns
+    let ip = client_ip(req, &config.trusted_proxies);
+    let ip_permit = match ip {
+        Some(ip) if ips.enabled() => Some(ips.try_open(ip).ok_or(Refusal::TooManyFromIp)?),
+        _ => None,
+    };
+    let permit = conns
         .try_acquire(config.max_connections)
-        .ok_or(Refusal::Full)
+        .ok_or(Refusal::Full)?;
+    Ok(Admitted {
+        permit,
+        ip_permit,
+        ip,
+    })
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
+pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req.peer_addr().map(|a| a.ip())?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter_map(|s| s.parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !trusted.contains(ip))
+            .unwrap_or(peer),
+    )
+}
+
+/// Per-address limits: sockets at once and chats per minute (a token
+/// bucket refilled continuously). Shared by every worker.
+#[derive(Debug)]
+pub struct IpLimits {
+    max_sockets: usize,
+    chats_per_minute: u32,
+    table: Mutex<HashMap<IpAddr, IpEntry>>,
+}
+
+#[derive(Debug)]
+struct IpEntry {
+    sockets: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// One socket's share of its address's limit, released on drop.
+#[derive(Debug)]
+pub struct IpPermit {
+    limits: Arc<IpLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        let mut table = self.limits.lock();
+        if let Some(e) = table.get_mut(&self.ip) {
+            e.sockets = e.sockets.saturating_sub(1);
+            if e.sockets == 0 {
+                table.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl IpLimits {
+    pub fn new(max_sockets: usize, chats_per_minute: u32) -> IpLimits {
+        IpLimits {
+            max_sockets,
+            chats_per_minute,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpEntry>> {
+        // A poisoned table only means another thread panicked mid-update;
+        // the counts are still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether any limit is set at all.
+    pub fn enabled(&self) -> bool {
+        self.max_sockets > 0 || self.chats_per_minute > 0
+    }
+
+    /// Takes a socket permit for `ip`, unless it already has the maximum.
+    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+        let mut table = self.lock();
+        let burst = f64::from(self.chats_per_minute);
+        let e = table.entry(ip).or_insert_with(|| IpEntry {
+            sockets: 0,
+            tokens: burst,
+            refilled: Instant::now(),
+        });
+        if self.max_sockets > 0 && e.sockets >= self.max_sockets {
+            return None;
+        }
+        e.sockets += 1;
+        Some(IpPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Spends one chat from `ip`'s per-minute budget; false when empty.
+    pub fn allow_chat(&self, ip: IpAddr) -> bool {
+        if self.chats_per_minute == 0 {
+            return true;
+        }
+        let mut table = self.lock();
+        let Some(e) = table.get_mut(&ip) else {
+            return true; // no socket from there: nothing to limit
+        };
+        let per_sec = f64::from(self.chats_per_minute) / 60.0;
+        let now = Instant::now();
+        let elapsed = now.duration_since(e.refilled).as_secs_f64();
+        e.tokens = (e.tokens + elapsed * per_sec).min(f64::from(self.chats_per_minute));
+        e.refilled = now;
+        if e.tokens >= 1.0 {
+            e.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }

@@ -49,10 +49,21 @@ pub struct Config {
     pub max_connections: usize,
     pub max_streams_per_connection: usize,
     pub max_frame_bytes: usize,
+    /// Sockets open at once from one client address (0 = no limit).
+    pub max_connections_per_ip: usize,
+    /// Chats started per minute from one client address (0 = no limit).
+    pub max_chats_per_minute_per_ip: u32,
+    /// Proxies whose `X-Forwarded-For` names the real client address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub heartbeat_interval: Duration,
     pub client_timeout: Duration,
     pub demo_word_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Test-only fault injection (no flag or variable sets it): a chat
+    /// whose text contains `netfly-fault:panic-session` or
+    /// `netfly-fault:panic-chat` panics in its session or its chat task, to
+    /// prove that a panic stays contained.
+    pub fault_injection: bool,
 }
 
 #[derive(Parser, Debug, Default)]
@@ -108,6 +119,15 @@ struct Flags {
     /// Largest client frame in bytes; larger closes the socket with 1009 [env: NETFLY_MAX_FRAME_BYTES] [default: 1048576]
     #[arg(long)]
     max_frame_bytes: Option<String>,
+    /// Sockets at once from one client address; 0 = no limit [env: NETFLY_MAX_CONNECTIONS_PER_IP] [default: 0]
+    #[arg(long)]
+    max_connections_per_ip: Option<String>,
+    /// Chats per minute from one client address; 0 = no limit [env: NETFLY_MAX_CHATS_PER_MINUTE_PER_IP] [default: 0]
+    #[arg(long)]
+    max_chats_per_minute_per_ip: Option<String>,
+    /// Comma-separated proxy IPs whose X-Forwarded-For is trusted for the client address [env: NETFLY_TRUSTED_PROXIES]
+    #[arg(long)]
+    trusted_proxies: Option<String>,
     /// Ping interval to clients, ms [env: NETFLY_HEARTBEAT_INTERVAL_MS] [default: 10000]
     #[arg(long)]
     heartbeat_interval_ms: Option<String>,
@@ -370,6 +390,35 @@ impl Config {
             128,
             "expected a whole number of bytes ≥ 128",
         )?;
+        let max_connections_per_ip = int(
+            pick(f.max_connections_per_ip, "max-connections-per-ip", lookup),
+            0usize,
+            0,
+            "expected a whole number (0 = no limit)",
+        )?;
+        let max_chats_per_minute_per_ip = int(
+            pick(
+                f.max_chats_per_minute_per_ip,
+                "max-chats-per-minute-per-ip",
+                lookup,
+            ),
+            0u32,
+            0,
+            "expected a whole number (0 = no limit)",
+        )?;
+        let trusted_proxies = match pick(f.trusted_proxies, "trusted-proxies", lookup) {
+            None => Vec::new(),
+            Some(raw) => {
+                let mut out = Vec::new();
+                for item in list(&raw.value) {
+                    match item.parse() {
+                        Ok(ip) => out.push(ip),
+                        Err(_) => return Err(raw.err(&format!("{item:?} is not an IP address"))),
+                    }
+                }
+                out
+            }
+        };
         let heartbeat_interval = millis(
             pick(f.heartbeat_interval_ms, "heartbeat-interval-ms", lookup),
             10_000,
@@ -406,10 +455,14 @@ impl Config {
             max_connections,
             max_streams_per_connection,
             max_frame_bytes,
+            max_connections_per_ip,
+            max_chats_per_minute_per_ip,
+            trusted_proxies,
             heartbeat_interval,
             client_timeout,
             demo_word_delay,
             shutdown_grace,
+            fault_injection: false,
         })
     }
 

@@ -44,22 +44,27 @@ async fn ws_route(
             .insert_header((header::RETRY_AFTER, "1"))
             .body("server shutting down\n"));
     }
-    let refusal = match admission::admit(&req, &state.shared.config, &state.connections) {
-        Ok(permit) => {
-            return session::start(
-                &req,
-                payload,
-                state.shared.clone(),
-                state.upstream.clone(),
-                Some(Box::new(permit)),
-            )
-        }
-        Err(r) => r,
-    };
+    let shared = &state.shared;
+    let refusal =
+        match admission::admit(&req, &shared.config, &state.connections, &shared.ip_limits) {
+            Ok(admitted) => {
+                let ip = admitted.ip;
+                return session::start(
+                    &req,
+                    payload,
+                    shared.clone(),
+                    state.upstream.clone(),
+                    ip,
+                    Some(Box::new(admitted)),
+                );
+            }
+            Err(r) => r,
+        };
     let label = match &refusal {
         Refusal::Origin(_) => "origin",
         Refusal::Unauthorized => "auth",
         Refusal::Full => "full",
+        Refusal::TooManyFromIp => "per_ip",
     };
     metrics.ws_refused_total.with_label_values(&[label]).inc();
     match refusal {
@@ -70,6 +75,9 @@ async fn ws_route(
         Refusal::Unauthorized => Ok(HttpResponse::Unauthorized()
             .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
             .body("a valid token is required (?token= or Authorization: Bearer)\n")),
+        Refusal::TooManyFromIp => Ok(HttpResponse::TooManyRequests()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .body("too many connections from this address\n")),
         Refusal::Full => Ok(HttpResponse::ServiceUnavailable()
             .insert_header((header::RETRY_AFTER, "1"))
             .body("too many connections\n")),

@@ -109,6 +109,8 @@ pub struct Session {
     last_seen: Instant,
     partial: Option<Partial>,
     output: Rc<Output>,
+    /// The client's address, for per-address limits.
+    ip: Option<std::net::IpAddr>,
     /// Held for the socket's lifetime (e.g. a connection-count permit).
     _guard: Option<Box<dyn std::any::Any>>,
 }
@@ -120,6 +122,7 @@ pub fn start(
     payload: actix_web::web::Payload,
     shared: Arc<Shared>,
     upstream: Addr<Upstream>,
+    ip: Option<std::net::IpAddr>,
     guard: Option<Box<dyn std::any::Any>>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max = shared.config.max_frame_bytes;
@@ -131,6 +134,7 @@ pub fn start(
         last_seen: Instant::now(),
         partial: None,
         output: output.clone(),
+        ip,
         _guard: guard,
     };
     let mut response = ws::handshake(req)?;
@@ -180,6 +184,9 @@ impl Session {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.shared.config.fault_injection && text.contains("netfly-fault:panic-session") {
+            panic!("fault injection: session panic");
+        }
         match protocol::parse_client_frame(text, &self.shared.config.models) {
             Ok(ClientFrame::Chat(request)) => {
                 if self.shared.draining() {
@@ -204,6 +211,17 @@ impl Session {
                     self.shared.metrics.chat_ended(err.code());
                     self.send_error(ctx, Some(&request.id), &err);
                     return;
+                }
+                if let Some(ip) = self.ip {
+                    if !self.shared.ip_limits.allow_chat(ip) {
+                        let err = ChatError::Busy(format!(
+                            "more than {} chats per minute from your address; slow down",
+                            self.shared.config.max_chats_per_minute_per_ip
+                        ));
+                        self.shared.metrics.chat_ended(err.code());
+                        self.send_error(ctx, Some(&request.id), &err);
+                        return;
+                    }
                 }
                 let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
                 self.chats.push(Slot {
@@ -356,6 +374,34 @@ impl Actor for Session {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.contained(ctx, |s, ctx| s.on_message(msg, ctx));
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The browser's side of the socket is gone.
+        ctx.stop();
+    }
+}
+
+impl Session {
+    /// Runs `f`; a panic inside it closes this socket (1011) and cancels
+    /// its chats, and never reaches the worker or any other socket.
+    fn contained<F>(&mut self, ctx: &mut ws::WebsocketContext<Self>, f: F)
+    where
+        F: FnOnce(&mut Self, &mut ws::WebsocketContext<Self>),
+    {
+        let run = std::panic::AssertUnwindSafe(|| f(self, ctx));
+        if std::panic::catch_unwind(run).is_err() {
+            log::error!("a websocket session panicked; closing that socket only");
+            self.close(ctx, ws::CloseCode::Error, "internal error");
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        msg: Result<ws::Message, ws::ProtocolError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         self.last_seen = Instant::now();
         match msg {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
@@ -381,11 +427,6 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             }
         }
     }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        // The browser's side of the socket is gone.
-        ctx.stop();
-    }
 }
 
 impl Handler<ChatEvent> for Session {
@@ -394,7 +435,7 @@ impl Handler<ChatEvent> for Session {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: ChatEvent, ctx: &mut Self::Context) -> Self::Result {
-        self.on_event(msg, ctx);
+        self.contained(ctx, |s, ctx| s.on_event(msg, ctx));
         let output = self.output.clone();
         Box::pin(async move {
             loop {

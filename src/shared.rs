@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
+use crate::admission::IpLimits;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -22,13 +25,19 @@ pub struct Shared {
     pub config: Config,
     pub targets: Vec<Target>,
     pub metrics: Metrics,
+    pub ip_limits: Arc<IpLimits>,
     draining: AtomicBool,
     closing: watch::Sender<bool>,
 }
 
 impl Shared {
     pub fn new(config: Config, targets: Vec<Target>, metrics: Metrics) -> Shared {
+        let ip_limits = Arc::new(IpLimits::new(
+            config.max_connections_per_ip,
+            config.max_chats_per_minute_per_ip,
+        ));
         Shared {
+            ip_limits,
             config,
             targets,
             metrics,

@@ -163,8 +163,18 @@ impl Handler<StartChat> for Upstream {
             request: msg.request,
         };
         let me = ctx.address();
+        let events = chat.events.clone();
         let handle = actix_rt::spawn(async move {
-            chat.run().await;
+            // A panic inside one chat ends that chat only, with an error.
+            let run = std::panic::AssertUnwindSafe(chat.run());
+            if futures_util::FutureExt::catch_unwind(run).await.is_err() {
+                log::error!("chat task panicked; ending that chat only");
+                let err = ChatError::UpstreamBroken("internal error in the gateway".into());
+                events.do_send(ChatEvent {
+                    key,
+                    kind: EventKind::Failed(err),
+                });
+            }
             me.do_send(ChatFinished { key });
         });
         self.tasks.insert(key, handle);
@@ -265,6 +275,15 @@ impl ChatTask {
     }
 
     async fn run(self) {
+        if self.shared.config.fault_injection
+            && self
+                .request
+                .messages
+                .iter()
+                .any(|m| m.content.contains("netfly-fault:panic-chat"))
+        {
+            panic!("fault injection: chat task panic");
+        }
         let mut log = ChatLog {
             id: self.request.id.clone(),
             model: self.request.model.clone(),

@@ -160,3 +160,28 @@ fn url_host_keeps_only_host_and_port() {
     );
     assert_eq!(url_host("mailto:x@y"), None);
 }
+
+#[test]
+fn per_ip_limits_and_trusted_proxies_parse() {
+    let c = cfg(
+        &["--max-connections-per-ip", "3"],
+        &[
+            ("NETFLY_MAX_CHATS_PER_MINUTE_PER_IP", "60"),
+            ("NETFLY_TRUSTED_PROXIES", "127.0.0.1, ::1"),
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.max_connections_per_ip, 3);
+    assert_eq!(c.max_chats_per_minute_per_ip, 60);
+    assert_eq!(c.trusted_proxies.len(), 2);
+    let d = cfg(&[], &[]).expect("defaults");
+    assert_eq!(
+        (d.max_connections_per_ip, d.max_chats_per_minute_per_ip),
+        (0, 0)
+    );
+    let err = cfg(&[], &[("NETFLY_TRUSTED_PROXIES", "proxy.local")]).expect_err("bad ip");
+    assert!(
+        err.contains("NETFLY_TRUSTED_PROXIES") && err.contains("proxy.local"),
+        "{err}"
+    );
+}
