@@ -12,12 +12,14 @@ use std::time::Duration;
 use clap::Parser;
 
 /// Where chats are sent: the built-in demo upstream or a real URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum UpstreamSpec {
     /// `demo`: the in-process demo server of PROTOCOL.md §5.
     Demo,
     /// A chat-completions URL (`http://` or `https://`).
     Url(String),
+    /// A named upstream of the provider file.
+    Provider(Box<crate::providers::Provider>),
 }
 
 /// Which browser origins may open `/ws`.
@@ -36,6 +38,12 @@ pub enum AllowedOrigins {
 pub struct Config {
     pub bind: SocketAddr,
     pub upstreams: Vec<UpstreamSpec>,
+    /// Fallback order per model (upstream names), from the provider file.
+    pub routes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Outbound proxy for every upstream without its own (`--proxy`).
+    pub proxy: Option<String>,
+    /// Hosts that never go through the proxy (`NO_PROXY` style).
+    pub no_proxy: Option<String>,
     pub api_key: Option<String>,
     pub models: Vec<String>,
     pub max_attempts: u32,
@@ -74,6 +82,15 @@ pub struct Config {
     after_help = "Every option can also be set through the NETFLY_* variable named in its help; the flag wins. Durations are milliseconds."
 )]
 struct Flags {
+    /// TOML provider file: named upstreams, keys by env var, headers, model maps, defaults [env: NETFLY_CONFIG]
+    #[arg(long)]
+    config: Option<String>,
+    /// Outbound HTTP proxy for upstream requests, http://[user:pass@]host:port [env: NETFLY_PROXY]
+    #[arg(long)]
+    proxy: Option<String>,
+    /// Comma-separated hosts/domains that bypass the proxy [env: NETFLY_NO_PROXY]
+    #[arg(long)]
+    no_proxy: Option<String>,
     /// Listen address; port 0 picks a free port [env: NETFLY_BIND] [default: 127.0.0.1:8080]
     #[arg(long)]
     bind: Option<String>,
@@ -313,7 +330,42 @@ impl Config {
 
     fn resolve(f: Flags, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         let bind = parse_bind(pick(f.bind, "bind", lookup))?;
-        let upstreams = parse_upstreams(pick(f.upstream, "upstream", lookup))?;
+        let file = match pick(f.config, "config", lookup) {
+            None => None,
+            Some(raw) => Some(crate::providers::ProviderFile::load(std::path::Path::new(
+                raw.value.trim(),
+            ))?),
+        };
+        let upstream_raw = pick(f.upstream, "upstream", lookup);
+        let mut routes = std::collections::BTreeMap::new();
+        let upstreams = match (&file, upstream_raw) {
+            // The file gives the upstreams unless --upstream overrides them.
+            (Some(file), None) => {
+                routes.clone_from(&file.routes);
+                let mut specs = Vec::with_capacity(file.upstreams.len());
+                for p in &file.upstreams {
+                    let mut p = p.clone();
+                    if let Some(var) = &p.api_key_env {
+                        p.api_key = lookup(var)
+                            .map(|k| k.trim().to_owned())
+                            .filter(|k| !k.is_empty());
+                        if p.api_key.is_none() {
+                            log::warn!(
+                                "upstream {:?}: {var} is not set; calling it without a key",
+                                p.name
+                            );
+                        }
+                    }
+                    specs.push(UpstreamSpec::Provider(Box::new(p)));
+                }
+                specs
+            }
+            (_, raw) => parse_upstreams(raw)?,
+        };
+        let proxy = pick(f.proxy, "proxy", lookup)
+            .map(|r| r.value.trim().to_owned())
+            .filter(|p| !p.is_empty());
+        let no_proxy = pick(f.no_proxy, "no-proxy", lookup).map(|r| r.value);
         let api_key = pick(f.api_key, "api-key", lookup)
             .map(|r| r.value.trim().to_owned())
             .filter(|k| !k.is_empty());
@@ -326,7 +378,10 @@ impl Config {
             }
         }
         let models = match pick(f.models, "models", lookup) {
-            None => vec!["gpt-3.5-turbo".to_owned(), "gpt-4".to_owned()],
+            None => file
+                .as_ref()
+                .and_then(|f| f.derived_models())
+                .unwrap_or_else(|| vec!["gpt-3.5-turbo".to_owned(), "gpt-4".to_owned()]),
             Some(raw) => {
                 let models = list(&raw.value);
                 if models.is_empty() {
@@ -439,9 +494,21 @@ impl Config {
             10_000,
             0,
         )?;
+        for model in &models {
+            let served = upstreams.iter().any(|u| match u {
+                UpstreamSpec::Provider(p) => p.upstream_model(model).is_some(),
+                _ => true,
+            });
+            if !served {
+                return Err(format!("no upstream serves model {model:?}: add it to an upstream's models or remove it from the model list"));
+            }
+        }
         Ok(Config {
             bind,
             upstreams,
+            routes,
+            proxy,
+            no_proxy,
             api_key,
             models,
             max_attempts,

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod protocol;
+pub mod providers;
 pub mod retry;
 pub mod server;
 pub mod session;

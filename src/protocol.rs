@@ -61,6 +61,19 @@ pub struct Params {
 }
 
 impl Params {
+    /// These params over `defaults`: a field the client set wins.
+    pub fn merged_over(&self, defaults: &Params) -> Params {
+        Params {
+            temperature: self.temperature.or(defaults.temperature),
+            top_p: self.top_p.or(defaults.top_p),
+            presence_penalty: self.presence_penalty.or(defaults.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(defaults.frequency_penalty),
+            max_tokens: self.max_tokens.or(defaults.max_tokens),
+            stop: self.stop.clone().or_else(|| defaults.stop.clone()),
+            seed: self.seed.or(defaults.seed),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
         fn range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), String> {
             match v {

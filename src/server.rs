@@ -10,11 +10,11 @@ use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::admission::{self, Connections, Refusal};
-use crate::config::{url_host, Config, UpstreamSpec};
+use crate::config::{Config, UpstreamSpec};
 use crate::demo::{self, Demo};
 use crate::metrics::Metrics;
 use crate::session;
-use crate::shared::{Shared, Target};
+use crate::shared::{build_targets, Shared};
 use crate::upstream::Upstream;
 
 /// The demo page and its assets, embedded so the binary runs from anywhere.
@@ -139,27 +139,12 @@ impl Gateway {
         // even for plain-http upstreams. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
 
-        let mut demo = None;
-        let mut targets = Vec::with_capacity(config.upstreams.len());
-        for spec in &config.upstreams {
-            match spec {
-                UpstreamSpec::Demo => {
-                    if demo.is_none() {
-                        demo = Some(demo::start(config.demo_word_delay)?);
-                    }
-                    if let Some(d) = &demo {
-                        targets.push(Target {
-                            url: d.url(),
-                            host: "demo".into(),
-                        });
-                    }
-                }
-                UpstreamSpec::Url(url) => targets.push(Target {
-                    url: url.clone(),
-                    host: url_host(url).unwrap_or_else(|| "upstream".into()),
-                }),
-            }
-        }
+        let demo = if config.upstreams.contains(&UpstreamSpec::Demo) {
+            Some(demo::start(config.demo_word_delay)?)
+        } else {
+            None
+        };
+        let targets = build_targets(&config, demo.as_ref().map(|d| d.url()).as_deref());
         let listener = std::net::TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
         let metrics = Metrics::new().map_err(io::Error::other)?;

@@ -9,6 +9,7 @@
 //! response and with it the upstream connection.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,9 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::chunk::{self, Decoded, WholeBody};
-use crate::config::Config;
 use crate::error::{redact, ChatError};
 use crate::protocol::{ChatRequest, UpstreamRequest};
-use crate::retry::{self, AttemptError, Backoff, Verdict};
+use crate::retry::{self, AttemptError, Verdict};
 use crate::shared::{Shared, Target};
 use crate::sse;
 
@@ -101,24 +101,26 @@ struct ChatFinished {
 /// One per worker: the awc client (not `Send`) and the running chats.
 pub struct Upstream {
     shared: Arc<Shared>,
-    client: awc::Client,
+    /// One client per target (its own timeouts, proxy and connection pool).
+    clients: Rc<[awc::Client]>,
     tasks: HashMap<u64, JoinHandle<()>>,
 }
 
 impl Upstream {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let client = build_client(&shared.config);
+        let clients = shared.targets.iter().map(build_client).collect();
         Upstream {
             shared,
-            client,
+            clients,
             tasks: HashMap::new(),
         }
     }
 }
 
-/// The HTTP client: TCP_NODELAY, no connection limit, pooled keep-alive,
-/// the configured connect and first-byte timeouts, no redirects.
-pub fn build_client(config: &Config) -> awc::Client {
+/// The HTTP client of one target: TCP_NODELAY, no connection limit, pooled
+/// keep-alive, the target's connect and first-byte timeouts, no redirects.
+pub fn build_client(target: &Target) -> awc::Client {
+    let policy = &target.policy;
     let tcp = actix_tls::connect::Connector::default().service().map(
         |conn: actix_tls::connect::Connection<awc::http::Uri, tokio::net::TcpStream>| {
             // Fragments are small and latency matters more than packet count.
@@ -128,14 +130,14 @@ pub fn build_client(config: &Config) -> awc::Client {
     );
     let connector = awc::Connector::new()
         .connector(tcp)
-        .timeout(config.connect_timeout)
-        .handshake_timeout(config.connect_timeout)
+        .timeout(policy.connect_timeout)
+        .handshake_timeout(policy.connect_timeout)
         .limit(0)
         .conn_keep_alive(Duration::from_secs(30))
         .conn_lifetime(Duration::from_secs(300));
     awc::Client::builder()
         .connector(connector)
-        .timeout(config.first_byte_timeout)
+        .timeout(policy.first_byte_timeout)
         .disable_redirects()
         .finish()
 }
@@ -157,7 +159,7 @@ impl Handler<StartChat> for Upstream {
         let key = msg.key;
         let chat = ChatTask {
             shared: self.shared.clone(),
-            client: self.client.clone(),
+            clients: self.clients.clone(),
             key,
             events: msg.events,
             request: msg.request,
@@ -226,7 +228,7 @@ struct Progress {
 /// One chat, from its first attempt to its terminal event.
 struct ChatTask {
     shared: Arc<Shared>,
-    client: awc::Client,
+    clients: Rc<[awc::Client]>,
     key: u64,
     events: Recipient<ChatEvent>,
     request: ChatRequest,
@@ -325,32 +327,24 @@ impl ChatTask {
     /// upstream is exhausted. Returns the terminal event, or `None` when the
     /// client went away.
     async fn attempts(&self, p: &mut Progress) -> Option<EventKind> {
-        let config = &self.shared.config;
-        let body = match serde_json::to_vec(&UpstreamRequest {
-            model: &self.request.model,
-            messages: &self.request.messages,
-            stream: true,
-            params: &self.request.params,
-        }) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                return Some(EventKind::Failed(ChatError::BadRequest(format!(
-                    "request could not be encoded: {e}"
-                ))))
-            }
-        };
-        let backoff = Backoff {
-            base: config.backoff_base,
-            cap: config.backoff_max,
-        };
+        let route = self.shared.route(&self.request.model);
         let mut last: Option<AttemptError> = None;
-        for target in &self.shared.targets {
+        for ti in route {
+            let target = &self.shared.targets[ti];
+            let client = &self.clients[ti];
             p.host.clone_from(&target.host);
-            for k in 1..=config.max_attempts {
+            let body = match self.body_for(target) {
+                Ok(b) => b,
+                Err(e) => return Some(EventKind::Failed(e)),
+            };
+            let policy = &target.policy;
+            for k in 1..=policy.max_attempts {
                 if let Some(err) = &last {
                     // Retry k−1 on this upstream, or the first try of the next one.
                     let delay = if k > 1 {
-                        backoff.delay_for(k - 1, fastrand::f64(), err.retry_after())
+                        policy
+                            .backoff
+                            .delay_for(k - 1, fastrand::f64(), err.retry_after())
                     } else {
                         Duration::ZERO
                     };
@@ -372,7 +366,7 @@ impl ChatTask {
                     }
                 }
                 p.attempts += 1;
-                let end = self.attempt(target, body.clone(), p).await;
+                let end = self.attempt(target, client, body.clone(), p).await;
                 self.shared.metrics.attempt(attempt_result(&end));
                 match end {
                     AttemptEnd::Finished {
@@ -407,15 +401,38 @@ impl ChatTask {
                 }
             }
         }
-        let err = last.unwrap_or_else(|| AttemptError::Connect("no upstream configured".into()));
+        let err = last.unwrap_or_else(|| {
+            AttemptError::Connect(format!("no upstream serves model {:?}", self.request.model))
+        });
         Some(EventKind::Failed(retry::exhausted(&err, p.attempts)))
     }
 
+    /// The request body for `target`: its model name, the client's params
+    /// over the target's defaults.
+    fn body_for(&self, target: &Target) -> Result<Bytes, ChatError> {
+        let model = target
+            .upstream_model(&self.request.model)
+            .unwrap_or(&self.request.model);
+        let params = self.request.params.merged_over(&target.defaults);
+        serde_json::to_vec(&UpstreamRequest {
+            model,
+            messages: &self.request.messages,
+            stream: true,
+            params: &params,
+        })
+        .map(Bytes::from)
+        .map_err(|e| ChatError::BadRequest(format!("request could not be encoded: {e}")))
+    }
+
     /// One POST to `target` and, on 2xx, the whole stream.
-    async fn attempt(&self, target: &Target, body: Bytes, p: &mut Progress) -> AttemptEnd {
-        let config = &self.shared.config;
-        let mut req = self
-            .client
+    async fn attempt(
+        &self,
+        target: &Target,
+        client: &awc::Client,
+        body: Bytes,
+        p: &mut Progress,
+    ) -> AttemptEnd {
+        let mut req = client
             .post(&target.url)
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((header::ACCEPT, "text/event-stream"))
@@ -424,14 +441,17 @@ impl ChatTask {
                 header::USER_AGENT,
                 concat!("netfly/", env!("CARGO_PKG_VERSION")),
             ))
-            .timeout(config.first_byte_timeout);
-        if let Some(key) = &config.api_key {
+            .timeout(target.policy.first_byte_timeout);
+        for (name, value) in &target.headers {
+            req = req.insert_header((name.clone(), value.clone()));
+        }
+        if let Some(key) = &target.api_key {
             req = req.bearer_auth(key);
         }
         let sent = Instant::now();
         let mut resp: Resp = match req.send_body(body).await {
             Ok(r) => r,
-            Err(e) => return AttemptEnd::Failed(self.send_error(e)),
+            Err(e) => return AttemptEnd::Failed(send_error(target, e)),
         };
         self.shared
             .metrics
@@ -439,7 +459,7 @@ impl ChatTask {
             .observe(sent.elapsed().as_secs_f64());
         let status = resp.status();
         if !status.is_success() {
-            return AttemptEnd::Failed(self.status_error(&mut resp).await);
+            return AttemptEnd::Failed(status_error(target, &mut resp).await);
         }
         let is_sse = match resp.headers().get(header::CONTENT_TYPE) {
             None => true,
@@ -461,12 +481,12 @@ impl ChatTask {
                 return AttemptEnd::ClientGone;
             }
         }
-        self.stream(resp, p).await
+        self.stream(target, resp, p).await
     }
 
     /// Reads the SSE body, forwarding every content fragment.
-    async fn stream(&self, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
-        let idle = self.shared.config.idle_timeout;
+    async fn stream(&self, target: &Target, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
+        let idle = target.policy.idle_timeout;
         let mut parser = sse::Parser::new();
         let mut events = Vec::new();
         let mut finish_reason: Option<String> = None;
@@ -513,7 +533,7 @@ impl ChatTask {
                         }
                     }
                     Err(e) => {
-                        let msg = redact(&e.message, self.shared.config.api_key.as_deref());
+                        let msg = redact(&e.message, target.api_key.as_deref());
                         return AttemptEnd::Failed(AttemptError::StreamError(msg));
                     }
                 }
@@ -536,13 +556,13 @@ impl ChatTask {
 
     /// A 2xx answer that is not an event stream.
     async fn whole_body(&self, target: &Target, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
-        let idle = self.shared.config.idle_timeout;
+        let idle = target.policy.idle_timeout;
         let body = match tokio::time::timeout(idle, resp.body().limit(MAX_WHOLE_BODY)).await {
             Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
             Ok(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
             Ok(Ok(b)) => b,
         };
-        let key = self.shared.config.api_key.as_deref();
+        let key = target.api_key.as_deref();
         match chunk::decode_whole_body(&body) {
             WholeBody::Error { message } => {
                 AttemptEnd::Failed(AttemptError::RejectedBody(redact(&message, key)))
@@ -582,39 +602,39 @@ impl ChatTask {
             }
         }
     }
+}
 
-    /// A non-2xx answer: its message (redacted) and `Retry-After`.
-    async fn status_error(&self, resp: &mut Resp) -> AttemptError {
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(retry::parse_retry_after);
-        let idle = self.shared.config.idle_timeout;
-        let body = match tokio::time::timeout(idle, resp.body().limit(MAX_ERROR_BODY)).await {
-            Ok(Ok(b)) => b,
-            _ => Bytes::new(),
-        };
-        let message = redact(
-            &chunk::error_message_from_body(&body),
-            self.shared.config.api_key.as_deref(),
-        );
-        AttemptError::Status {
-            status,
-            message,
-            retry_after,
-        }
+/// A non-2xx answer: its message (redacted) and `Retry-After`.
+async fn status_error(target: &Target, resp: &mut Resp) -> AttemptError {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(retry::parse_retry_after);
+    let idle = target.policy.idle_timeout;
+    let body = match tokio::time::timeout(idle, resp.body().limit(MAX_ERROR_BODY)).await {
+        Ok(Ok(b)) => b,
+        _ => Bytes::new(),
+    };
+    let message = redact(
+        &chunk::error_message_from_body(&body),
+        target.api_key.as_deref(),
+    );
+    AttemptError::Status {
+        status,
+        message,
+        retry_after,
     }
+}
 
-    fn send_error(&self, e: awc::error::SendRequestError) -> AttemptError {
-        use awc::error::SendRequestError as E;
-        let key = self.shared.config.api_key.as_deref();
-        match e {
-            E::Timeout => AttemptError::FirstByteTimeout(self.shared.config.first_byte_timeout),
-            E::Connect(c) => AttemptError::Connect(redact(&connect_reason(&c), key)),
-            other => AttemptError::Connect(redact(&other.to_string(), key)),
-        }
+fn send_error(target: &Target, e: awc::error::SendRequestError) -> AttemptError {
+    use awc::error::SendRequestError as E;
+    let key = target.api_key.as_deref();
+    match e {
+        E::Timeout => AttemptError::FirstByteTimeout(target.policy.first_byte_timeout),
+        E::Connect(c) => AttemptError::Connect(redact(&connect_reason(&c), key)),
+        other => AttemptError::Connect(redact(&other.to_string(), key)),
     }
 }
 

@@ -10,4 +10,5 @@ mod config;
 mod gateway;
 mod policy;
 mod protocol;
+mod providers;
 mod sse;
