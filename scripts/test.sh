@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-browser.sh
+bash scripts/install-proxy.sh
 
 # Two cores: one test binary, a few tests at a time.
 cargo test --all-targets --locked -- --test-threads "${NETFLY_TEST_THREADS:-4}"

@@ -344,6 +344,10 @@ impl Config {
                 routes.clone_from(&file.routes);
                 let mut specs = Vec::with_capacity(file.upstreams.len());
                 for p in &file.upstreams {
+                    if let Some(px) = &p.proxy {
+                        crate::proxy::ProxySpec::parse(px, None)
+                            .map_err(|e| format!("upstream {:?}: proxy: {e}", p.name))?;
+                    }
                     let mut p = p.clone();
                     if let Some(var) = &p.api_key_env {
                         p.api_key = lookup(var)
@@ -366,6 +370,14 @@ impl Config {
             .map(|r| r.value.trim().to_owned())
             .filter(|p| !p.is_empty());
         let no_proxy = pick(f.no_proxy, "no-proxy", lookup).map(|r| r.value);
+        if let Some(list) = &no_proxy {
+            crate::proxy::NoProxy::parse(list)
+                .map_err(|e| format!("invalid --no-proxy / NETFLY_NO_PROXY: {e}"))?;
+        }
+        if let Some(url) = &proxy {
+            crate::proxy::ProxySpec::parse(url, None)
+                .map_err(|e| format!("invalid --proxy / NETFLY_PROXY: {e}"))?;
+        }
         let api_key = pick(f.api_key, "api-key", lookup)
             .map(|r| r.value.trim().to_owned())
             .filter(|k| !k.is_empty());

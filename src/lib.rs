@@ -10,6 +10,7 @@ pub mod error;
 pub mod metrics;
 pub mod protocol;
 pub mod providers;
+pub mod proxy;
 pub mod retry;
 pub mod server;
 pub mod session;

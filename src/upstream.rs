@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_service::ServiceExt as _;
 use awc::http::header;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -108,7 +107,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let clients = shared.targets.iter().map(build_client).collect();
+        let no_proxy = shared.config.no_proxy.as_deref();
+        let clients = shared
+            .targets
+            .iter()
+            .map(|t| build_client(t, no_proxy))
+            .collect();
         Upstream {
             shared,
             clients,
@@ -119,15 +123,20 @@ impl Upstream {
 
 /// The HTTP client of one target: TCP_NODELAY, no connection limit, pooled
 /// keep-alive, the target's connect and first-byte timeouts, no redirects.
-pub fn build_client(target: &Target) -> awc::Client {
+pub fn build_client(target: &Target, no_proxy: Option<&str>) -> awc::Client {
     let policy = &target.policy;
-    let tcp = actix_tls::connect::Connector::default().service().map(
-        |conn: actix_tls::connect::Connection<awc::http::Uri, tokio::net::TcpStream>| {
-            // Fragments are small and latency matters more than packet count.
-            let _ = conn.io_ref().set_nodelay(true);
-            conn
-        },
-    );
+    // Proxy URLs were validated when the configuration was read.
+    let proxy = target.proxy.as_deref().and_then(|url| {
+        match crate::proxy::ProxySpec::parse(url, no_proxy) {
+            Ok(spec) => Some(Arc::new(spec)),
+            Err(e) => {
+                log::error!("upstream {}: {e}; connecting directly", target.name);
+                None
+            }
+        }
+    });
+    // Direct or through the proxy; TCP_NODELAY either way.
+    let tcp = crate::proxy::tcp_connector(proxy);
     let connector = awc::Connector::new()
         .connector(tcp)
         .timeout(policy.connect_timeout)

@@ -11,4 +11,5 @@ mod gateway;
 mod policy;
 mod protocol;
 mod providers;
+mod proxy;
 mod sse;
