@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod openai_api;
 pub mod protocol;
 pub mod providers;
 pub mod proxy;

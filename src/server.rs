@@ -154,6 +154,7 @@ impl Gateway {
         let server = HttpServer::new(move || {
             let upstream = Upstream::new(shared.clone()).start();
             App::new()
+                .configure(|cfg| crate::openai_api::configure(cfg, &shared, &upstream))
                 .app_data(web::Data::new(State {
                     shared: shared.clone(),
                     connections: connections.clone(),
@@ -166,6 +167,9 @@ impl Gateway {
                 .route("/static/{file}", web::get().to(static_file))
         })
         .tcp_nodelay(true)
+        // A client's FIN ends its request at once (a half-closed HTTP client
+        // is gone): its streamed answer is dropped and the upstream cancelled.
+        .h1_allow_half_closed(false)
         .backlog(4096)
         .max_connections(100_000)
         .shutdown_timeout(1)

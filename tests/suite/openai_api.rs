@@ -1,0 +1,725 @@
+//! The OpenAI-compatible HTTP endpoint (`src/openai_api.rs`): the real
+//! gateway and the scripted fake upstream in-process on 127.0.0.1 port 0,
+//! driven by awc, a raw TCP client, `curl -sN` and the official `openai`
+//! Python package (installed into target/pyenv by
+//! scripts/install-deploy-deps.sh).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::fake::{chunk, chunk_with_delta, done_event, event, openai_error, usage_chunk};
+use crate::support::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn usage() -> Value {
+    json!({ "prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21 })
+}
+
+fn user(content: &str) -> Value {
+    json!([{ "role": "user", "content": content }])
+}
+
+/// An HTTP answer: status, content type, body.
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts an OpenAI-style error with `status` and `code`.
+    fn expect_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "error content type {:?}",
+            self.content_type
+        );
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        v
+    }
+}
+
+/// `POST /v1/chat/completions` with `body` (and an optional bearer token),
+/// read to the end.
+async fn post(addr: SocketAddr, body: &Value, token: Option<&str>) -> Answer {
+    request(addr, "POST", "/v1/chat/completions", Some(body), token).await
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> Answer {
+    init();
+    let client = awc::Client::builder().timeout(WAIT).finish();
+    let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client.request(method, format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let sent = match body {
+        Some(b) => req.send_json(b).await,
+        None => req.send().await,
+    };
+    let mut resp = sent.unwrap_or_else(|e| panic!("{path} failed: {e}"));
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = tokio::time::timeout(WAIT, resp.body().limit(8 * 1024 * 1024))
+        .await
+        .expect("body within the wait")
+        .unwrap_or_else(|e| panic!("{path} body failed: {e}"));
+    Answer {
+        status: resp.status().as_u16(),
+        content_type,
+        body: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+/// The `data:` payloads of an SSE body, in order (each must be a complete
+/// `data: …\n\n` event).
+fn sse_data(body: &str) -> Vec<String> {
+    assert!(body.ends_with("\n\n"), "unterminated SSE body: {body:?}");
+    body.trim_end_matches("\n\n")
+        .split("\n\n")
+        .map(|ev| {
+            ev.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {ev:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Checks the OpenAI chunk shape of every event before `[DONE]` and returns
+/// the chunks.
+fn chunks_of(data: &[String], model: &str) -> Vec<Value> {
+    let chunks: Vec<Value> = data
+        .iter()
+        .take_while(|d| d.as_str() != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let id = chunks[0]["id"].as_str().expect("chunk id").to_string();
+    assert!(id.starts_with("chatcmpl-"), "{id}");
+    for c in &chunks {
+        if c.get("error").is_some() {
+            continue;
+        }
+        assert_eq!(c["id"], id.as_str(), "one id per stream: {c}");
+        assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+        assert!(c["created"].is_u64(), "{c}");
+        assert_eq!(c["model"], model, "{c}");
+        let choices = c["choices"].as_array().expect("choices array");
+        for ch in choices {
+            assert_eq!(ch["index"], 0, "{c}");
+            assert!(ch["delta"].is_object(), "{c}");
+            assert!(ch.get("finish_reason").is_some(), "{c}");
+        }
+    }
+    chunks
+}
+
+fn content(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// streaming
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn streams_exact_content_as_openai_chunks() {
+    let words = ["Hél", "lo, wörld ", "🎉 and ", "more"];
+    let mut parts: Vec<Part> = vec![Part::Bytes(event(&chunk_with_delta(
+        json!({ "role": "assistant", "content": "" }),
+        Value::Null,
+    )))];
+    parts.extend(words.iter().map(|w| Part::Bytes(event(&chunk(w)))));
+    parts.push(Part::Bytes(event(&chunk_with_delta(
+        json!({}),
+        json!("length"),
+    ))));
+    parts.push(Part::Bytes(event(&usage_chunk(&usage()))));
+    parts.push(Part::Bytes(done_event()));
+    let fake = FakeUpstream::start(vec![Reply::sse(parts)]);
+    let gw = gateway_for(&fake, &[]).await;
+
+    let body = json!({
+        "model": "gpt-4", "messages": user("hi"), "stream": true,
+        "stream_options": { "include_usage": true }, "temperature": 0.3
+    });
+    let a = post(gw.addr, &body, None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        a.content_type.starts_with("text/event-stream"),
+        "{}",
+        a.content_type
+    );
+    let data = sse_data(&a.body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:#?}");
+    let chunks = chunks_of(&data, "gpt-4");
+    // role first, one chunk per upstream delta, finish, usage.
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(content(&chunks), words.concat());
+    let texts: Vec<&str> = chunks[1..1 + words.len()]
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, words, "one chunk per upstream delta, unchanged");
+    let finish = &chunks[1 + words.len()];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length", "{finish}");
+    assert_eq!(finish["choices"][0]["delta"], json!({}), "{finish}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{last}");
+    assert_eq!(last["usage"], usage(), "{last}");
+    assert_eq!(chunks.len(), words.len() + 3);
+
+    // The upstream got the same request a WebSocket chat would send.
+    let up = fake.request(0);
+    let up = up.json();
+    assert_eq!(up["model"], "gpt-4");
+    assert_eq!(up["stream"], true);
+    assert_eq!(up["temperature"], 0.3);
+    assert_eq!(up["messages"], user("hi"));
+
+    let m = gw.metrics();
+    assert_eq!(m.chats_active.get(), 0);
+    assert_eq!(m.chats_total.with_label_values(&["done"]).get(), 1);
+    assert_eq!(m.deltas_total.get(), words.len() as u64);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn stream_without_include_usage_has_no_usage_chunk_and_default_model() {
+    let fake = FakeUpstream::start(vec![Reply::sse_words(&["a", "b"])]);
+    let gw = gateway_for(&fake, &[]).await;
+    let a = post(
+        gw.addr,
+        &json!({ "messages": user("x"), "stream": true }),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let data = sse_data(&a.body);
+    let chunks = chunks_of(&data, "gpt-3.5-turbo");
+    assert_eq!(content(&chunks), "ab");
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "{chunks:#?}"
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    gw.stop(false).await;
+}
+
+/// Retries happen before the status is chosen: a 503 the gateway retried
+/// away is invisible to the HTTP client, as on the WebSocket.
+#[actix_web::test]
+async fn retried_failures_are_invisible() {
+    let fake = FakeUpstream::start(vec![Reply::status(503), Reply::sse_words(&["fine"])]);
+    let gw = gateway_for(&fake, &[]).await;
+    let a = post(
+        gw.addr,
+        &json!({ "messages": user("x"), "stream": true }),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        content(&chunks_of(&sse_data(&a.body), "gpt-3.5-turbo")),
+        "fine"
+    );
+    assert_eq!(fake.attempts(), 2);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn error_after_streaming_began_is_an_sse_error_event() {
+    let parts = vec![
+        Part::Bytes(event(&chunk("Hel"))),
+        Part::Delay(ms(20)),
+        Part::Bytes(event(&openai_error("model overloaded mid-way"))),
+    ];
+    let fake = FakeUpstream::start(vec![Reply::sse(parts)]);
+    let gw = gateway_for(&fake, &[]).await;
+    let a = post(
+        gw.addr,
+        &json!({ "messages": user("x"), "stream": true }),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let data = sse_data(&a.body);
+    assert!(!data.contains(&"[DONE]".to_string()), "{data:#?}");
+    let chunks = chunks_of(&data, "gpt-3.5-turbo");
+    assert_eq!(content(&chunks), "Hel");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["error"]["code"], "upstream_broken", "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model overloaded mid-way"),
+        "{last}"
+    );
+    let m = gw.metrics();
+    assert_eq!(
+        m.chats_total.with_label_values(&["upstream_broken"]).get(),
+        1
+    );
+    assert_eq!(m.chats_active.get(), 0);
+    gw.stop(false).await;
+}
+
+// ---------------------------------------------------------------------------
+// non-streamed
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn whole_completion_when_not_streaming() {
+    let parts = vec![
+        Part::Bytes(event(&chunk("Hello, "))),
+        Part::Bytes(event(&chunk("world"))),
+        Part::Bytes(event(&chunk_with_delta(json!({}), json!("stop")))),
+        Part::Bytes(event(&usage_chunk(&usage()))),
+        Part::Bytes(done_event()),
+    ];
+    let fake = FakeUpstream::start(vec![Reply::sse(parts)]);
+    let gw = gateway_for(&fake, &[]).await;
+    let a = post(
+        gw.addr,
+        &json!({ "model": "gpt-4", "messages": user("x"), "stream": false }),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.content_type.starts_with("application/json"));
+    let v = a.json();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"), "{v}");
+    assert_eq!(v["model"], "gpt-4");
+    assert!(v["created"].is_u64());
+    assert_eq!(v["choices"][0]["index"], 0);
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello, world");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"], usage());
+    // The upstream is still asked to stream (the gateway's one path).
+    assert_eq!(fake.request(0).json()["stream"], true);
+    assert_eq!(
+        gw.metrics().chats_total.with_label_values(&["done"]).get(),
+        1
+    );
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn models_list() {
+    let gw = start_gateway(&["--models", "alpha,beta"]).await;
+    let a = request(gw.addr, "GET", "/v1/models", None, None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            assert_eq!(m["object"], "model", "{m}");
+            assert!(m["owned_by"].is_string(), "{m}");
+            assert!(m["created"].is_u64(), "{m}");
+            m["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, ["alpha", "beta"]);
+    gw.stop(false).await;
+}
+
+// ---------------------------------------------------------------------------
+// errors before any content
+// ---------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn validation_errors_are_400_and_never_reach_the_upstream() {
+    let fake = FakeUpstream::start(vec![Reply::sse_words(&["never"])]);
+    let gw = gateway_for(&fake, &[]).await;
+    let addr = gw.addr;
+    for stream in [true, false] {
+        let cases = [
+            (json!({ "messages": [], "stream": stream }), "bad_request"),
+            (json!({ "stream": stream }), "bad_request"),
+            (json!([1, 2]), "bad_request"),
+            (
+                json!({ "messages": [{ "role": "robot", "content": "x" }], "stream": stream }),
+                "bad_request",
+            ),
+            (
+                json!({ "messages": user("x"), "temperature": 2.5, "stream": stream }),
+                "bad_request",
+            ),
+            (
+                json!({ "messages": user("x"), "logit_bias": {}, "stream": stream }),
+                "bad_request",
+            ),
+            (
+                json!({ "messages": user("x"), "n": 3, "stream": stream }),
+                "bad_request",
+            ),
+            (
+                json!({ "messages": user("x"), "stream": "yes" }),
+                "bad_request",
+            ),
+            (
+                json!({ "model": "gpt-5", "messages": user("x"), "stream": stream }),
+                "unknown_model",
+            ),
+        ];
+        for (body, code) in cases {
+            let v = post(addr, &body, None).await.expect_error(400, code);
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
+        }
+    }
+    // Not JSON at all.
+    init();
+    let mut resp = awc::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .insert_header(("content-type", "application/json"))
+        .send_body("{nope")
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = serde_json::from_slice(&resp.body().await.unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    assert_eq!(
+        fake.attempts(),
+        0,
+        "invalid requests never reach the upstream"
+    );
+    assert_eq!(gw.metrics().chats_active.get(), 0);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn upstream_4xx_is_502_with_its_message() {
+    let fake = FakeUpstream::start(vec![Reply::error_json(400, "context too long for fake")]);
+    let gw = gateway_for(&fake, &[]).await;
+    for stream in [true, false] {
+        let a = post(
+            gw.addr,
+            &json!({ "messages": user("x"), "stream": stream }),
+            None,
+        )
+        .await;
+        let v = a.expect_error(502, "upstream_rejected");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("context too long for fake"),
+            "{v}"
+        );
+    }
+    assert_eq!(fake.attempts(), 2, "4xx is never retried");
+    let m = gw.metrics();
+    assert_eq!(
+        m.chats_total
+            .with_label_values(&["upstream_rejected"])
+            .get(),
+        2
+    );
+    assert_eq!(m.chats_active.get(), 0);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn exhausted_upstream_is_503_and_timeout_504() {
+    let fake = FakeUpstream::start(vec![Reply::status(503)]);
+    let gw = gateway_for(&fake, &["--max-attempts", "2"]).await;
+    let a = post(
+        gw.addr,
+        &json!({ "messages": user("x"), "stream": true }),
+        None,
+    )
+    .await;
+    a.expect_error(503, "upstream_unavailable");
+    gw.stop(false).await;
+
+    let fake = FakeUpstream::start(vec![Reply::StallHeaders]);
+    let gw = gateway_for(
+        &fake,
+        &["--max-attempts", "1", "--first-byte-timeout-ms", "100"],
+    )
+    .await;
+    let a = post(gw.addr, &json!({ "messages": user("x") }), None).await;
+    a.expect_error(504, "upstream_timeout");
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn auth_tokens_are_required_as_bearer() {
+    let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
+    let gw = gateway_for(&fake, &["--auth-tokens", "s3cret,other"]).await;
+    let body = json!({ "messages": user("x"), "stream": true });
+    for token in [None, Some("wrong"), Some("s3cre")] {
+        let a = post(gw.addr, &body, token).await;
+        let v = a.expect_error(401, "invalid_api_key");
+        assert!(!v.to_string().contains("s3cret"), "never echo a token: {v}");
+        let a = request(gw.addr, "GET", "/v1/models", None, token).await;
+        a.expect_error(401, "invalid_api_key");
+    }
+    assert_eq!(fake.attempts(), 0);
+    for token in ["s3cret", "other"] {
+        let a = post(gw.addr, &body, Some(token)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let a = request(gw.addr, "GET", "/v1/models", None, Some(token)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    gw.stop(false).await;
+}
+
+// ---------------------------------------------------------------------------
+// client disconnect
+// ---------------------------------------------------------------------------
+
+/// Sends a raw HTTP/1.1 POST and reads until `until` appears in the answer.
+async fn raw_post_until(addr: SocketAddr, body: &Value, until: &str) -> (TcpStream, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        while !String::from_utf8_lossy(&seen).contains(until) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {until:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{until:?} never came: {}", String::from_utf8_lossy(&seen)));
+    (tcp, String::from_utf8_lossy(&seen).into_owned())
+}
+
+#[actix_web::test]
+async fn client_disconnect_mid_stream_cancels_the_upstream() {
+    let parts = vec![
+        Part::Bytes(event(&chunk("first "))),
+        Part::Delay(ms(50)),
+        Part::Bytes(event(&chunk("second "))),
+    ];
+    let fake = FakeUpstream::start(vec![Reply::sse(parts).with_end(End::Stall)]);
+    let gw = gateway_for(&fake, &[]).await;
+    let body = json!({ "messages": user("x"), "stream": true });
+    let (tcp, seen) = raw_post_until(gw.addr, &body, "second ").await;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert_eq!(gw.metrics().chats_active.get(), 1);
+    drop(tcp);
+    assert!(
+        fake.wait_client_disconnect(Duration::from_secs(1)).await,
+        "the upstream request was not dropped within 1 s of the client leaving"
+    );
+    let m = gw.metrics();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while m.chats_active.get() != 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(ms(5)).await;
+    }
+    assert_eq!(m.chats_active.get(), 0);
+    assert_eq!(m.chats_total.with_label_values(&["disconnected"]).get(), 1);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn client_disconnect_before_any_content_cancels_the_upstream() {
+    for stream in [true, false] {
+        let fake = FakeUpstream::start(vec![Reply::StallHeaders]);
+        let gw = gateway_for(&fake, &[]).await;
+        let body = json!({ "messages": user("x"), "stream": stream });
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let text = body.to_string();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            gw.addr,
+            text.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        assert!(fake.wait_attempts(1, WAIT).await);
+        drop(tcp);
+        assert!(
+            fake.wait_client_disconnect(Duration::from_secs(1)).await,
+            "stream={stream}: the upstream request was not dropped within 1 s"
+        );
+        gw.stop(false).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// real clients: curl and the official openai Python package
+// ---------------------------------------------------------------------------
+
+/// The repository root (found from this file, so the test also works when
+/// compiled from another package through `#[path]`).
+fn repo() -> PathBuf {
+    let file = Path::new(file!());
+    let here = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(file)
+    };
+    here.ancestors()
+        .nth(3)
+        .expect("tests/suite/openai_api.rs has a repository root")
+        .to_path_buf()
+}
+
+/// Runs `program args…` under `timeout` off the test's runtime thread.
+async fn run(program: String, args: Vec<String>, secs: u32) -> std::process::Output {
+    let shown = format!("{program} {}", args.join(" "));
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .arg("--kill-after=5")
+            .arg(secs.to_string())
+            .arg(&program)
+            .args(&args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
+}
+
+#[actix_web::test]
+async fn curl_streams_it() {
+    let fake = FakeUpstream::start(vec![Reply::echo(ms(5))]);
+    let gw = gateway_for(&fake, &[]).await;
+    let message = "streamed through curl";
+    let body = json!({ "model": "gpt-4", "messages": user(message), "stream": true });
+    let out = run(
+        "curl".into(),
+        vec![
+            "-sN".into(),
+            "--fail-with-body".into(),
+            "-H".into(),
+            "content-type: application/json".into(),
+            "-d".into(),
+            body.to_string(),
+            format!("http://{}/v1/chat/completions", gw.addr),
+        ],
+        20,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl failed ({:?}): {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = sse_data(&stdout);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert_eq!(content(&chunks_of(&data, "gpt-4")), message);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn official_openai_python_client() {
+    let python = repo().join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash scripts/install-deploy-deps.sh` first (it creates the venv \
+         with the official `openai` package)",
+        python.display()
+    );
+    let fake = FakeUpstream::start(vec![Reply::echo(ms(2))]);
+    let gw = gateway_for(&fake, &["--auth-tokens", "sk-netfly-test"]).await;
+    let message = "Hello from the official openai client";
+    let out = run(
+        python.display().to_string(),
+        vec![
+            repo().join("deploy/openai-smoke.py").display().to_string(),
+            format!("http://{}/v1", gw.addr),
+            "sk-netfly-test".into(),
+            message.into(),
+        ],
+        60,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "openai client failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}"));
+    assert_eq!(v["models"], json!(["gpt-3.5-turbo", "gpt-4"]), "{v}");
+    let parts: Vec<&str> = v["stream"]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(parts.concat(), message, "{v}");
+    assert_eq!(
+        parts.len(),
+        message.split(' ').count(),
+        "one chunk per word: {v}"
+    );
+    assert_eq!(v["stream"]["finish_reason"], "stop", "{v}");
+    assert_eq!(v["stream"]["ids"], 1, "{v}");
+    assert_eq!(v["whole"]["object"], "chat.completion", "{v}");
+    assert_eq!(v["whole"]["content"], message, "{v}");
+    assert_eq!(v["whole"]["role"], "assistant", "{v}");
+    assert_eq!(v["whole"]["finish_reason"], "stop", "{v}");
+    assert_eq!(
+        v["unknown_model"],
+        json!({ "status": 400, "code": "unknown_model" }),
+        "{v}"
+    );
+    assert_eq!(
+        v["wrong_key"],
+        json!({ "status": 401, "code": "invalid_api_key" }),
+        "{v}"
+    );
+    let m = gw.metrics();
+    assert_eq!(m.chats_total.with_label_values(&["done"]).get(), 2, "{v}");
+    assert_eq!(m.chats_active.get(), 0);
+    gw.stop(false).await;
+}
