@@ -191,6 +191,9 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
     )
 }
 
+/// Table size past which idle, refilled addresses are forgotten.
+const PRUNE_AT: usize = 4096;
+
 /// Per-address limits: sockets at once and chats per minute (a token
 /// bucket refilled continuously). Shared by every worker.
 #[derive(Debug)]
@@ -219,10 +222,24 @@ impl Drop for IpPermit {
         let mut table = self.limits.lock();
         if let Some(e) = table.get_mut(&self.ip) {
             e.sockets = e.sockets.saturating_sub(1);
-            if e.sockets == 0 {
+        }
+        // An address keeps its chat budget across reconnects: its entry goes
+        // only once it has no socket and a full bucket again.
+        let full = f64::from(self.limits.chats_per_minute);
+        let now = Instant::now();
+        let per_sec = full / 60.0;
+        if let Some(e) = table.get(&self.ip) {
+            if e.sockets == 0 && e.tokens_at(now, per_sec, full) >= full {
                 table.remove(&self.ip);
             }
         }
+    }
+}
+
+impl IpEntry {
+    fn tokens_at(&self, now: Instant, per_sec: f64, full: f64) -> f64 {
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        (self.tokens + elapsed * per_sec).min(full)
     }
 }
 
@@ -250,6 +267,12 @@ impl IpLimits {
     pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
         let mut table = self.lock();
         let burst = f64::from(self.chats_per_minute);
+        if table.len() >= PRUNE_AT {
+            // Forget idle addresses whose budget has refilled.
+            let now = Instant::now();
+            let per_sec = burst / 60.0;
+            table.retain(|_, e| e.sockets > 0 || e.tokens_at(now, per_sec, burst) < burst);
+        }
         let e = table.entry(ip).or_insert_with(|| IpEntry {
             sockets: 0,
             tokens: burst,
@@ -274,10 +297,9 @@ impl IpLimits {
         let Some(e) = table.get_mut(&ip) else {
             return true; // no socket from there: nothing to limit
         };
-        let per_sec = f64::from(self.chats_per_minute) / 60.0;
+        let full = f64::from(self.chats_per_minute);
         let now = Instant::now();
-        let elapsed = now.duration_since(e.refilled).as_secs_f64();
-        e.tokens = (e.tokens + elapsed * per_sec).min(f64::from(self.chats_per_minute));
+        e.tokens = e.tokens_at(now, full / 60.0, full);
         e.refilled = now;
         if e.tokens >= 1.0 {
             e.tokens -= 1.0;

@@ -151,6 +151,7 @@ impl Gateway {
         let shared = Arc::new(Shared::new(config, targets, metrics));
         let shared_out = shared.clone();
         let connections = Arc::new(Connections::default());
+        let user_timeout = shared.config.client_timeout;
         let server = HttpServer::new(move || {
             let upstream = Upstream::new(shared.clone()).start();
             App::new()
@@ -167,6 +168,20 @@ impl Gateway {
                 .route("/static/{file}", web::get().to(static_file))
         })
         .tcp_nodelay(true)
+        // A browser that stops reading stops the actor that serves its
+        // socket (actix drives it only while the connection can take more
+        // bytes), so the heartbeat alone cannot drop it. The kernel can: data
+        // left unacknowledged (or unsent behind a zero window) longer than
+        // the client timeout aborts the connection, which ends the session,
+        // its chats and their upstream requests.
+        .on_connect(move |conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let sock = socket2::SockRef::from(tcp);
+                if let Err(e) = sock.set_tcp_user_timeout(Some(user_timeout)) {
+                    log::debug!("TCP_USER_TIMEOUT not set: {e}");
+                }
+            }
+        })
         // A client's FIN ends its request at once (a half-closed HTTP client
         // is gone): its streamed answer is dropped and the upstream cancelled.
         .h1_allow_half_closed(false)

@@ -8,6 +8,7 @@ mod browser;
 mod chunk;
 mod config;
 mod gateway;
+mod hardening;
 mod openai_api;
 mod policy;
 mod protocol;
