@@ -161,7 +161,11 @@ impl Fields {
         self.dirty = true;
         match name {
             b"data" => {
-                self.data.push_str(&String::from_utf8_lossy(value));
+                // from_utf8 is the fast path; the lossy decoder is for bad input.
+                match std::str::from_utf8(value) {
+                    Ok(text) => self.data.push_str(text),
+                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                }
                 self.data.push('\n');
             }
             b"event" => {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use awc::http::header;
 use bytes::Bytes;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -274,7 +274,19 @@ impl Drop for ChatLog {
 
 type Resp = awc::ClientResponse;
 
+/// Most events parsed from already-received chunks before they are forwarded.
+const MAX_BATCH: usize = 256;
+
 impl ChatTask {
+    /// Queues an event without waiting for the session to take it (the
+    /// next awaited [`ChatTask::emit`] applies the backpressure).
+    fn emit_nowait(&self, kind: EventKind) {
+        self.events.do_send(ChatEvent {
+            key: self.key,
+            kind,
+        });
+    }
+
     async fn emit(&self, kind: EventKind) -> bool {
         self.events
             .send(ChatEvent {
@@ -510,15 +522,55 @@ impl ChatTask {
             };
             let read_at = Instant::now();
             parser.push(&bytes, &mut events);
+            // Upstreams send one HTTP chunk per event, and awc yields one
+            // chunk per `next()`: take every chunk already received too, so
+            // that a burst is forwarded as one batch (and one socket write).
+            let mut ended: Option<Result<(), String>> = None;
+            while events.len() < MAX_BATCH {
+                match resp.next().now_or_never() {
+                    Some(Some(Ok(more))) => parser.push(&more, &mut events),
+                    Some(Some(Err(e))) => {
+                        ended = Some(Err(e.to_string()));
+                        break;
+                    }
+                    Some(None) => {
+                        ended = Some(Ok(()));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            // The deltas of one read are queued at once and only the last
+            // one is awaited, so the session writes them to the socket in
+            // one go (one syscall per read, not per delta); the await on the
+            // last one keeps the backpressure.
+            let mut held: Option<EventKind> = None;
             for ev in events.drain(..) {
-                match chunk::decode_event(&ev) {
+                let decoded = chunk::decode_event(&ev);
+                if !matches!(
+                    decoded,
+                    Ok(Decoded::Heartbeat)
+                        | Ok(Decoded::Chunk {
+                            content: Some(_),
+                            ..
+                        })
+                ) {
+                    if let Some(d) = held.take() {
+                        if !self.emit(d).await {
+                            return AttemptEnd::ClientGone;
+                        }
+                    }
+                }
+                match decoded {
                     Ok(Decoded::Heartbeat) => {}
                     Ok(Decoded::Done) => {
                         return AttemptEnd::Finished {
                             finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
                             usage,
-                            rest: Some(resp),
-                        }
+                            // Already read to its end: nothing left to drain
+                            // (awc panics when a finished payload is polled).
+                            rest: if ended.is_some() { None } else { Some(resp) },
+                        };
                     }
                     Ok(Decoded::Chunk {
                         content,
@@ -535,8 +587,8 @@ impl ChatTask {
                         if let Some(text) = content {
                             p.committed = true;
                             let delta = EventKind::Delta { text, read_at };
-                            if !self.emit(delta).await {
-                                return AttemptEnd::ClientGone;
+                            if let Some(prev) = held.replace(delta) {
+                                self.emit_nowait(prev);
                             }
                             p.deltas += 1;
                         }
@@ -546,6 +598,16 @@ impl ChatTask {
                         return AttemptEnd::Failed(AttemptError::StreamError(msg));
                     }
                 }
+            }
+            if let Some(d) = held.take() {
+                if !self.emit(d).await {
+                    return AttemptEnd::ClientGone;
+                }
+            }
+            match ended {
+                None => {}
+                Some(Ok(())) => break,
+                Some(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e)),
             }
         }
         // An unterminated last event is dropped, as browsers do.
