@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
+use actix::dev::MessageResponse;
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web::{HttpRequest, HttpResponse};
@@ -49,10 +50,12 @@ struct Slot {
 /// Bytes queued on the socket versus bytes handed to the HTTP layer; the
 /// difference is what a browser has not taken yet.
 #[derive(Default)]
-struct Output {
+pub struct Output {
     queued: Cell<u64>,
     flushed: Cell<u64>,
     drained: Notify,
+    /// The session has stopped: nothing will drain any more.
+    closed: Cell<bool>,
 }
 
 impl Output {
@@ -368,6 +371,7 @@ impl Actor for Session {
             self.upstream.do_send(CancelChat { key: slot.key });
         }
         // Wake chats waiting for this socket to drain: it never will.
+        self.output.closed.set(true);
         self.output.drained.notify_waiters();
     }
 }
@@ -429,23 +433,52 @@ impl Session {
     }
 }
 
+/// The answer to a chat event: at once while the socket keeps up (the
+/// common case: no task, no allocation), or once its unsent output is back
+/// under the low-water mark. The chat's send awaits it, so its upstream read
+/// pauses while the browser is behind.
+pub enum Ack {
+    Now,
+    WhenDrained(Rc<Output>),
+}
+
+impl MessageResponse<Session, ChatEvent> for Ack {
+    fn handle(
+        self,
+        _: &mut ws::WebsocketContext<Session>,
+        tx: Option<actix::dev::OneshotSender<()>>,
+    ) {
+        let Some(tx) = tx else { return };
+        match self {
+            Ack::Now => {
+                let _ = tx.send(());
+            }
+            Ack::WhenDrained(output) => {
+                actix_rt::spawn(async move {
+                    loop {
+                        let drained = output.drained.notified();
+                        if output.unsent() < LOW_WATER || output.closed.get() {
+                            break;
+                        }
+                        drained.await;
+                    }
+                    let _ = tx.send(());
+                });
+            }
+        }
+    }
+}
+
 impl Handler<ChatEvent> for Session {
-    /// Resolves once the socket's unsent output is below the low-water
-    /// mark: the chat's bounded send waits, so its upstream read pauses.
-    type Result = ResponseFuture<()>;
+    type Result = Ack;
 
     fn handle(&mut self, msg: ChatEvent, ctx: &mut Self::Context) -> Self::Result {
         self.contained(ctx, |s, ctx| s.on_event(msg, ctx));
-        let output = self.output.clone();
-        Box::pin(async move {
-            loop {
-                let drained = output.drained.notified();
-                if output.unsent() < LOW_WATER {
-                    return;
-                }
-                drained.await;
-            }
-        })
+        if self.output.unsent() < LOW_WATER {
+            Ack::Now
+        } else {
+            Ack::WhenDrained(self.output.clone())
+        }
     }
 }
 
