@@ -86,6 +86,15 @@ impl Stream for Counted {
     }
 }
 
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // The connection is gone (closed, reset or aborted by the kernel):
+        // nothing will drain any more, so no chat may wait for it.
+        self.output.closed.set(true);
+        self.output.drained.notify_waiters();
+    }
+}
+
 /// The size on the wire of an unmasked server frame carrying `len` bytes.
 fn frame_len(len: usize) -> u64 {
     let header = if len < 126 {
