@@ -26,7 +26,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
 use crate::support::fake::{chunk, done_event, event, finish_chunk};
-use crate::support::{self, End, FakeUpstream, Part, Reply};
+use crate::support::{self, flags, End, FakeUpstream, Part, Reply};
 
 /// Models the test gateways offer; the first is the default.
 const MODELS: &str = "gpt-4o-mini,gpt-4o,llama-3.1-8b";
@@ -214,6 +214,12 @@ impl Browser {
         drop(driver);
     }
 
+    /// Closes the browser, then stops the gateway it used.
+    async fn close_with(self, gateway: netfly::Gateway) {
+        self.close().await;
+        gateway.stop(false).await;
+    }
+
     /// A chromedriver extension command (`/session/{id}/...`), by plain HTTP.
     async fn driver_cmd(&self, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}/{path}", self.driver.url(), self.session);
@@ -223,11 +229,7 @@ impl Browser {
             .send_json(&body)
             .await
             .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-        let bytes = resp
-            .body()
-            .limit(16 * 1024 * 1024)
-            .await
-            .unwrap_or_else(|e| panic!("POST {url} body: {e}"));
+        let bytes = support::read_body(&mut resp, 16 * 1024 * 1024, &format!("POST {url}")).await;
         let value: Value = serde_json::from_slice(&bytes).expect("chromedriver answers JSON");
         assert!(resp.status().is_success(), "POST {url}: {value}");
         value["value"].clone()
@@ -246,6 +248,13 @@ impl Browser {
             .filter(|e| e["level"] == "SEVERE")
             .map(|e| e["message"].as_str().unwrap_or_default().to_string())
             .collect()
+    }
+
+    /// Asserts the console logged no error since the last check; `when`
+    /// is in the failure message.
+    async fn expect_no_console_errors(&self, when: &str) {
+        let errors = self.console_errors().await;
+        assert!(errors.is_empty(), "console errors {when}: {errors:#?}");
     }
 
     /// A Chrome DevTools Protocol command.
@@ -354,20 +363,59 @@ impl Browser {
             .unwrap_or(0)
     }
 
+    /// Evaluates a JS expression as text (empty when it is not a string).
+    async fn eval_text(&self, expr: &str) -> String {
+        let value = self.eval(expr).await;
+        value.as_str().unwrap_or_default().to_string()
+    }
+
     async fn answer_text(&self) -> String {
-        self.eval(&format!("{LAST}.querySelector('.turn-body').textContent"))
+        self.eval_text(&format!("{LAST}.querySelector('.turn-body').textContent"))
             .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
     }
 
     async fn answer_state(&self) -> String {
-        self.eval(&format!("{LAST}.dataset.state"))
+        self.eval_text(&format!("{LAST}.dataset.state")).await
+    }
+
+    /// The label of the Send/Stop button.
+    async fn send_button(&self) -> String {
+        self.eval_text("document.getElementById('send').textContent")
             .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+    }
+
+    /// The last answer's error box: whether it is visible, its text, and
+    /// whether the turn offers Retry.
+    async fn shown_error(&self) -> Value {
+        self.eval(&format!(
+            "(() => {{ const t = {LAST}; const e = t.querySelector('.turn-error'); \
+             return {{ visible: !e.hidden && e.offsetHeight > 0, text: e.textContent, \
+                      retry: !!t.querySelector('button.retry') }}; }})()"
+        ))
+        .await
+    }
+
+    /// Waits until the last answer's text includes `text` (inserted into a
+    /// JS string literal as it is).
+    async fn wait_answer_includes(&self, what: &str, text: &str) {
+        self.wait_js(
+            what,
+            &format!("{LAST}.querySelector('.turn-body').textContent.includes('{text}')"),
+            WAIT,
+        )
+        .await;
+    }
+
+    /// Whether the last answer's `selector` element is hidden.
+    async fn hidden_in_answer(&self, selector: &str) -> Value {
+        self.eval(&format!("{LAST}.querySelector('{selector}').hidden"))
+            .await
+    }
+
+    /// Waits for the last answer to be done and checks its text.
+    async fn expect_answer(&self, text: &str) {
+        self.wait_state("done", WAIT).await;
+        assert_eq!(self.answer_text().await, text, "the finished answer");
     }
 
     async fn wait_state(&self, state: &str, timeout: Duration) {
@@ -399,6 +447,11 @@ const PAGE_SUMMARY: &str = "(() => { const t = Array.from(document.querySelector
              turns: document.querySelectorAll('#messages li.turn').length, \
              last_state: t ? t.dataset.state : null, \
              last_text: t ? t.textContent.slice(-400) : null }; })()";
+
+/// Whether `v` is a string containing `needle`.
+fn has_text(v: &Value, needle: &str) -> bool {
+    v.as_str().is_some_and(|t| t.contains(needle))
+}
 
 fn truthy(v: &Value) -> bool {
     match v {
@@ -471,6 +524,31 @@ async fn gateway_on(bind: &str, fake: &FakeUpstream, extra: &[&str]) -> netfly::
         .unwrap_or_else(|e| panic!("gateway on {bind}: {e}"))
 }
 
+/// A browser test's set-up: its turn at the browser (held until dropped),
+/// `script` behind a gateway with `args`, and a `width`×`height` browser on
+/// the page (with `query` after its `/`), connected.
+async fn open_page(
+    script: Vec<Reply>,
+    args: &[&str],
+    (width, height): (u32, u32),
+    query: &str,
+) -> (
+    tokio::sync::MutexGuard<'static, ()>,
+    FakeUpstream,
+    netfly::Gateway,
+    Browser,
+) {
+    let turn = BROWSER_TURN.lock().await;
+    let fake = FakeUpstream::start(script);
+    let gateway = gateway_on("127.0.0.1:0", &fake, args).await;
+    let browser = Browser::launch(width, height).await;
+    browser
+        .goto(&format!("http://{}/{query}", gateway.addr))
+        .await;
+    browser.wait_connected().await;
+    (turn, fake, gateway, browser)
+}
+
 /// An OpenAI stream of `pieces`, one event (one TCP write) each, `gap`
 /// between them, and a pause of `pause` after piece number `pause_after`.
 fn stream_with_pause(pieces: &[&str], gap: Duration, pause_after: usize, pause: Duration) -> Reply {
@@ -486,6 +564,14 @@ fn stream_with_pause(pieces: &[&str], gap: Duration, pause_after: usize, pause: 
     parts.push(Part::Bytes(event(&finish_chunk("stop"))));
     parts.push(Part::Bytes(done_event()));
     Reply::sse(parts)
+}
+
+/// 400 numbered pieces (`piece(i)`), 60 ms apart, then a stall: an answer
+/// still streaming for as long as a test needs.
+fn long_stalled_answer(piece: impl Fn(usize) -> String) -> Reply {
+    let pieces: Vec<String> = (0..400).map(piece).collect();
+    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    Reply::sse_words_slow(&pieces, Duration::from_millis(60)).with_end(End::Stall)
 }
 
 /// The first answer of the streaming test: prose, a fenced code block,
@@ -529,20 +615,14 @@ const PAUSE_AFTER: usize = 18;
 /// turn, the chosen model used, Shift+Enter for a new line.
 #[actix_web::test]
 async fn page_streams_an_answer_as_exact_text() {
-    let _turn = BROWSER_TURN.lock().await;
-    let fake = FakeUpstream::start(vec![
-        stream_with_pause(
-            ANSWER,
-            Duration::from_millis(40),
-            PAUSE_AFTER,
-            Duration::from_millis(2500),
-        ),
-        Reply::sse_words(&["Second", " answer", "."]),
-    ]);
-    let gateway = gateway_on("127.0.0.1:0", &fake, &[]).await;
-    let browser = Browser::launch(1280, 860).await;
-    browser.goto(&format!("http://{}/", gateway.addr)).await;
-    browser.wait_connected().await;
+    let first = stream_with_pause(
+        ANSWER,
+        Duration::from_millis(40),
+        PAUSE_AFTER,
+        Duration::from_millis(2500),
+    );
+    let script = vec![first, Reply::sse_words(&["Second", " answer", "."])];
+    let (_turn, fake, gateway, browser) = open_page(script, &[], (1280, 860), "").await;
 
     // The model picker holds hello's models, the default selected.
     let options = browser
@@ -555,8 +635,7 @@ async fn page_streams_an_answer_as_exact_text() {
         "default model selected"
     );
     assert_eq!(browser.eval("document.title").await, "netfly chat");
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors on load: {errors:#?}");
+    browser.expect_no_console_errors("on load").await;
 
     // First turn: streams in; mid-answer screenshot.
     browser.send_message("Show me a tiny program").await;
@@ -658,8 +737,7 @@ async fn page_streams_an_answer_as_exact_text() {
         .await
         .expect("type the system prompt");
     browser.send_message("Thanks!\nOne more?").await;
-    browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.answer_text().await, "Second answer.");
+    browser.expect_answer("Second answer.").await;
     let second = fake.request(1);
     assert_eq!(second.json()["model"], "gpt-4o");
     assert_eq!(
@@ -672,8 +750,7 @@ async fn page_streams_an_answer_as_exact_text() {
         ]),
         "the whole conversation is sent with each turn"
     );
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    browser.expect_no_console_errors("after the chats").await;
 
     // The same page at phone width in dark mode (an artefact to look at).
     browser
@@ -702,8 +779,7 @@ async fn page_streams_an_answer_as_exact_text() {
         .await;
     browser.screenshot("chat-phone-dark.png").await;
 
-    browser.close().await;
-    gateway.stop(false).await;
+    browser.close_with(gateway).await;
 }
 
 /// Stop sends cancel: no more text arrives, the turn is marked stopped, the
@@ -712,27 +788,17 @@ async fn page_streams_an_answer_as_exact_text() {
 /// socket) chats independently.
 #[actix_web::test]
 async fn stop_cancels_the_answer() {
-    let _turn = BROWSER_TURN.lock().await;
-    let lines: Vec<String> = (0..400).map(|i| format!("line {i}\n")).collect();
-    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-    let fake = FakeUpstream::start(vec![
-        Reply::sse_words_slow(&lines, Duration::from_millis(60)).with_end(End::Stall),
+    let script = vec![
+        long_stalled_answer(|i| format!("line {i}\n")),
         Reply::sse_words(&["other", " tab"]),
         Reply::sse_words(&["after", " stop"]),
-    ]);
-    let gateway = gateway_on("127.0.0.1:0", &fake, &[]).await;
-    let browser = Browser::launch(1024, 700).await;
+    ];
+    let (_turn, fake, gateway, browser) = open_page(script, &[], (1024, 700), "").await;
     let page = format!("http://{}/", gateway.addr);
-    browser.goto(&page).await;
-    browser.wait_connected().await;
 
     browser.send_message("Count for me").await;
     browser
-        .wait_js(
-            "enough lines to scroll",
-            &format!("{LAST}.querySelector('.turn-body').textContent.includes('line 30\\n')"),
-            WAIT,
-        )
+        .wait_answer_includes("enough lines to scroll", "line 30\\n")
         .await;
     let at_bottom = browser.eval(DISTANCE_FROM_BOTTOM).await;
     assert!(
@@ -744,11 +810,7 @@ async fn stop_cancels_the_answer() {
         .eval("(() => { const m = document.getElementById('main'); m.scrollTop = 0; m.dispatchEvent(new Event('scroll')); return true; })()")
         .await;
     browser
-        .wait_js(
-            "more lines to arrive",
-            &format!("{LAST}.querySelector('.turn-body').textContent.includes('line 45\\n')"),
-            WAIT,
-        )
+        .wait_answer_includes("more lines to arrive", "line 45\\n")
         .await;
     assert_eq!(
         browser
@@ -782,8 +844,7 @@ async fn stop_cancels_the_answer() {
     browser.goto(&page).await;
     browser.wait_connected().await;
     browser.send_message("Hi from tab two").await;
-    browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.answer_text().await, "other tab");
+    browser.expect_answer("other tab").await;
     browser
         .client
         .close_window()
@@ -796,12 +857,7 @@ async fn stop_cancels_the_answer() {
         .expect("back to the first tab");
     assert_eq!(browser.answer_state().await, "streaming");
 
-    assert_eq!(
-        browser
-            .eval("document.getElementById('send').textContent")
-            .await,
-        "Stop"
-    );
+    assert_eq!(browser.send_button().await, "Stop");
     browser.click("#send").await;
     assert_eq!(browser.answer_state().await, "stopped");
     assert!(
@@ -824,23 +880,16 @@ async fn stop_cancels_the_answer() {
         .eval(&format!("{LAST}.querySelector('.turn-note').textContent"))
         .await;
     assert_eq!(note, "stopped", "the turn is marked as stopped");
-    assert_eq!(
-        browser
-            .eval("document.getElementById('send').textContent")
-            .await,
-        "Send"
-    );
+    assert_eq!(browser.send_button().await, "Send");
 
     // The conversation goes on; the stopped text is part of the history.
     browser.send_message("And now?").await;
-    browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.answer_text().await, "after stop");
+    browser.expect_answer("after stop").await;
     let history = fake.request(2).json()["messages"].clone();
     assert_eq!(history[1]["content"], frozen.as_str());
     assert_eq!(history[2]["content"], "And now?");
 
-    browser.close().await;
-    gateway.stop(false).await;
+    browser.close_with(gateway).await;
 }
 
 /// How far the conversation is scrolled from its bottom, in px.
@@ -852,8 +901,7 @@ const DISTANCE_FROM_BOTTOM: &str = "(() => { const m = document.getElementById('
 /// upstream's message and no Retry. The page passes its `?token=` on.
 #[actix_web::test]
 async fn upstream_errors_are_shown() {
-    let _turn = BROWSER_TURN.lock().await;
-    let fake = FakeUpstream::start(vec![
+    let script = vec![
         // Turn 1: a 503, then an attempt that hangs until the first-byte
         // timeout (the retry note is on screen meanwhile), then an answer.
         Reply::error_json(503, "the model is overloaded"),
@@ -866,25 +914,10 @@ async fn upstream_errors_are_shown() {
         Reply::sse_words(&["Back", " again", "."]),
         // Turn 3: rejected.
         Reply::error_json(400, "This model's maximum context length is 8192 tokens"),
-    ]);
-    let gateway = gateway_on(
-        "127.0.0.1:0",
-        &fake,
-        &[
-            "--max-attempts",
-            "3",
-            "--first-byte-timeout-ms",
-            "1500",
-            "--auth-tokens",
-            "s3cret",
-        ],
-    )
-    .await;
-    let browser = Browser::launch(1024, 768).await;
-    browser
-        .goto(&format!("http://{}/?token=s3cret", gateway.addr))
-        .await;
-    browser.wait_connected().await;
+    ];
+    let args = flags("--max-attempts 3 --first-byte-timeout-ms 1500 --auth-tokens s3cret");
+    let (_turn, fake, gateway, browser) =
+        open_page(script, &args, (1024, 768), "?token=s3cret").await;
 
     browser.send_message("Anyone?").await;
     let note = browser
@@ -898,31 +931,19 @@ async fn upstream_errors_are_shown() {
         note.as_str().unwrap_or_default().contains("retrying 2"),
         "retry note: {note}"
     );
-    browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.answer_text().await, "Made it.");
+    browser.expect_answer("Made it.").await;
     assert_eq!(
-        browser
-            .eval(&format!("{LAST}.querySelector('.turn-note').hidden"))
-            .await,
+        browser.hidden_in_answer(".turn-note").await,
         true,
         "the retry note goes once the answer arrives"
     );
 
     browser.send_message("Hello?").await;
     browser.wait_state("error", WAIT).await;
-    let shown = browser
-        .eval(&format!(
-            "(() => {{ const t = {LAST}; const e = t.querySelector('.turn-error'); \
-             return {{ visible: !e.hidden && e.offsetHeight > 0, text: e.textContent, \
-                      retry: !!t.querySelector('button.retry') }}; }})()"
-        ))
-        .await;
+    let shown = browser.shown_error().await;
     assert_eq!(shown["visible"], true, "the error is shown: {shown}");
     assert!(
-        shown["text"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("upstream_unavailable"),
+        has_text(&shown["text"], "upstream_unavailable"),
         "the error names its code: {shown}"
     );
     assert_eq!(
@@ -932,12 +953,9 @@ async fn upstream_errors_are_shown() {
     assert_eq!(fake.attempts(), 6);
 
     browser.click("li.turn.assistant button.retry").await;
-    browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.answer_text().await, "Back again.");
+    browser.expect_answer("Back again.").await;
     assert_eq!(
-        browser
-            .eval(&format!("{LAST}.querySelector('.turn-error').hidden"))
-            .await,
+        browser.hidden_in_answer(".turn-error").await,
         true,
         "the error is gone after a successful retry"
     );
@@ -953,57 +971,30 @@ async fn upstream_errors_are_shown() {
 
     browser.send_message("A very long question").await;
     browser.wait_state("error", WAIT).await;
-    let shown = browser
-        .eval(&format!(
-            "(() => {{ const t = {LAST}; const e = t.querySelector('.turn-error'); \
-             return {{ text: e.textContent, retry: !!t.querySelector('button.retry') }}; }})()"
-        ))
-        .await;
+    let shown = browser.shown_error().await;
     assert!(
-        shown["text"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("maximum context length is 8192 tokens"),
+        has_text(&shown["text"], "maximum context length is 8192 tokens"),
         "the upstream's message is shown: {shown}"
     );
     assert_eq!(shown["retry"], false, "no Retry for a rejected request");
-    assert_eq!(
-        browser
-            .eval("document.getElementById('send').textContent")
-            .await,
-        "Send"
-    );
-    let errors = browser.console_errors().await;
-    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    assert_eq!(browser.send_button().await, "Send");
+    browser.expect_no_console_errors("after the chats").await;
 
-    browser.close().await;
-    gateway.stop(false).await;
+    browser.close_with(gateway).await;
 }
 
 /// The gateway restarts under the page: the answer in flight is marked
 /// interrupted, the page reconnects by itself, and the next message works.
 #[actix_web::test]
 async fn page_reconnects_after_gateway_restart() {
-    let _turn = BROWSER_TURN.lock().await;
-    let words: Vec<String> = (0..400).map(|i| format!("w{i} ")).collect();
-    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    let fake = FakeUpstream::start(vec![
-        Reply::sse_words_slow(&words, Duration::from_millis(60)).with_end(End::Stall),
-        Reply::sse_words(&["Welcome", " back", "!"]),
-    ]);
-    let gateway = gateway_on("127.0.0.1:0", &fake, &[]).await;
+    let story = long_stalled_answer(|i| format!("w{i} "));
+    let script = vec![story, Reply::sse_words(&["Welcome", " back", "!"])];
+    let (_turn, fake, gateway, browser) = open_page(script, &[], (1024, 768), "").await;
     let addr = gateway.addr;
-    let browser = Browser::launch(1024, 768).await;
-    browser.goto(&format!("http://{addr}/")).await;
-    browser.wait_connected().await;
 
     browser.send_message("Tell me a long story").await;
     browser
-        .wait_js(
-            "the story to begin",
-            &format!("{LAST}.querySelector('.turn-body').textContent.includes('w2 ')"),
-            WAIT,
-        )
+        .wait_answer_includes("the story to begin", "w2 ")
         .await;
 
     gateway.stop(false).await;
@@ -1016,9 +1007,7 @@ async fn page_reconnects_after_gateway_restart() {
         )
         .await;
     assert_eq!(
-        browser
-            .eval("document.getElementById('send').textContent")
-            .await,
+        browser.send_button().await,
         "Send",
         "an interrupted turn gives the composer back"
     );
@@ -1054,8 +1043,7 @@ async fn page_reconnects_after_gateway_restart() {
     };
     browser.wait_connected().await;
     browser.send_message("Are you there?").await;
-    browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.answer_text().await, "Welcome back!");
+    browser.expect_answer("Welcome back!").await;
     let interrupted = browser
         .eval(
             "document.querySelectorAll('#messages li.turn.assistant[data-state=\"interrupted\"]').length",
@@ -1063,6 +1051,5 @@ async fn page_reconnects_after_gateway_restart() {
         .await;
     assert_eq!(interrupted, 1, "the cut turn stays marked as interrupted");
 
-    browser.close().await;
-    gateway.stop(false).await;
+    browser.close_with(gateway).await;
 }

@@ -38,12 +38,19 @@ fn usage() -> Value {
 /// the gateway. Returns the chat's frames and the fake (for its records).
 async fn run_chat(script: Vec<Reply>, args: &[&str]) -> (Vec<Value>, FakeUpstream) {
     let fake = FakeUpstream::start(script);
-    let gw = gateway_for(&fake, args).await;
+    let frames = chat_once(&[&["--upstream", &fake.url()][..], args].concat()).await;
+    (frames, fake)
+}
+
+/// Starts a gateway with `args`, runs one chat ("hello") to its terminal
+/// frame, checks nothing follows it, stops the gateway; returns the frames.
+async fn chat_once(args: &[&str]) -> Vec<Value> {
+    let gw = start_gateway(args).await;
     let mut ws = WsClient::connect(gw.addr).await;
     let frames = ws.chat("c1", "hello", WAIT).await;
     ws.expect_silence_for("c1", QUIET).await;
     gw.stop(false).await;
-    (frames, fake)
+    frames
 }
 
 fn retry_attempts(frames: &[Value]) -> Vec<u64> {
@@ -197,9 +204,11 @@ async fn sse_variants_are_understood() {
 
 #[actix_web::test]
 async fn start_frame_once_with_host_model_and_attempt() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["Hel", "lo"])]);
-    let gw = gateway_for(&fake, &["--models", "m1,m2"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(
+        vec![Reply::sse_words(&["Hel", "lo"])],
+        &["--models", "m1,m2"],
+    )
+    .await;
     ws.send_json(&json!({
         "type": "chat", "id": "s1", "model": "m2",
         "messages": [{ "role": "user", "content": "hi" }]
@@ -279,9 +288,11 @@ const FORWARDABLE: &[&str] = &[
 
 #[actix_web::test]
 async fn upstream_request_has_body_params_and_headers() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
-    let gw = gateway_for(&fake, &["--api-key", "sk-test-abc123"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(
+        vec![Reply::sse_words(&["ok"])],
+        &["--api-key", "sk-test-abc123"],
+    )
+    .await;
     let messages = json!([
         { "role": "system", "content": "Be brief." },
         { "role": "user", "content": "Hi ✓" },
@@ -397,48 +408,55 @@ async fn retries_408_429_500_502() {
     assert_eq!(retry_attempts(&frames), vec![2, 3, 4, 5]);
 }
 
+/// A chat whose first attempt gets `first` and whose second succeeds with
+/// "ok" (checked): returns the frames and the fake.
+async fn ok_on_the_second_attempt(first: Reply, args: &[&str]) -> (Vec<Value>, FakeUpstream) {
+    let (frames, fake) = run_chat(vec![first, Reply::sse_words(&["ok"])], args).await;
+    expect_done(&frames);
+    assert_eq!(content_of(&frames), "ok");
+    assert_eq!(fake.attempts(), 2);
+    (frames, fake)
+}
+
+/// A chat whose first attempt gets `status` with `Retry-After: value` and
+/// whose second succeeds: returns the one `retry` frame, how long the chat
+/// took and the fake.
+async fn chat_with_retry_after(
+    status: u16,
+    value: &str,
+    args: &[&str],
+) -> (Value, Duration, FakeUpstream) {
+    let first = Reply::status(status).with_header("Retry-After", value);
+    let started = Instant::now();
+    let (frames, fake) = run_chat(vec![first, Reply::sse_words(&["ok"])], args).await;
+    let took = started.elapsed();
+    expect_done(&frames);
+    let retry = of_type(&frames, "retry");
+    assert_eq!(retry.len(), 1, "one retry: {frames:#?}");
+    (retry[0].clone(), took, fake)
+}
+
 #[actix_web::test]
 async fn retry_after_zero_is_honoured() {
-    let script = vec![
-        Reply::status(429).with_header("Retry-After", "0"),
-        Reply::sse_words(&["ok"]),
-    ];
-    let started = Instant::now();
-    let (frames, fake) = run_chat(
-        script,
-        &["--backoff-base-ms", "4000", "--backoff-max-ms", "8000"],
-    )
-    .await;
-    expect_done(&frames);
+    let args = flags("--backoff-base-ms 4000 --backoff-max-ms 8000");
+    let (retry, took, fake) = chat_with_retry_after(429, "0", &args).await;
     assert_eq!(fake.attempts(), 2);
-    let retry = of_type(&frames, "retry");
-    assert_eq!(retry.len(), 1);
     assert!(
-        retry[0]["delay_ms"].as_u64().unwrap() <= 100,
-        "Retry-After: 0 must replace the 4 s backoff: {}",
-        retry[0]
+        retry["delay_ms"].as_u64().unwrap() <= 100,
+        "Retry-After: 0 must replace the 4 s backoff: {retry}"
     );
-    assert!(started.elapsed() < Duration::from_millis(2500));
+    assert!(took < Duration::from_millis(2500));
 }
 
 #[actix_web::test]
 async fn retry_after_seconds_is_honoured() {
-    let script = vec![
-        Reply::status(503).with_header("Retry-After", "1"),
-        Reply::sse_words(&["ok"]),
-    ];
-    let started = Instant::now();
-    let (frames, _fake) = run_chat(script, &["--backoff-max-ms", "5000"]).await;
-    expect_done(&frames);
-    let retry = of_type(&frames, "retry");
-    assert_eq!(retry.len(), 1);
-    let delay = retry[0]["delay_ms"].as_u64().unwrap();
+    let (retry, took, _fake) = chat_with_retry_after(503, "1", &["--backoff-max-ms", "5000"]).await;
+    let delay = retry["delay_ms"].as_u64().unwrap();
     assert!(
         (900..=1100).contains(&delay),
-        "Retry-After: 1 below the 5 s cap: {}",
-        retry[0]
+        "Retry-After: 1 below the 5 s cap: {retry}"
     );
-    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(took >= Duration::from_millis(900));
 }
 
 #[actix_web::test]
@@ -455,15 +473,11 @@ async fn all_503_is_unavailable_after_max_attempts() {
 #[actix_web::test]
 async fn connect_refused_is_retried_then_unavailable() {
     let url = closed_port_url();
-    let gw = start_gateway(&["--upstream", &url, "--max-attempts", "3"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    let frames = ws.chat("c1", "hi", WAIT).await;
+    let frames = chat_once(&["--upstream", &url, "--max-attempts", "3"]).await;
     let err = expect_error(&frames, "upstream_unavailable");
     assert_eq!(err["retryable"], true);
     assert_eq!(retry_attempts(&frames), vec![2, 3], "{frames:#?}");
     assert!(of_type(&frames, "start").is_empty());
-    ws.expect_silence_for("c1", QUIET).await;
-    gw.stop(false).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -478,7 +492,7 @@ async fn upstream_400_is_rejected_once_with_its_message() {
     let err = expect_error(&frames, "upstream_rejected");
     assert_eq!(err["retryable"], false);
     assert!(
-        err["message"].as_str().unwrap().contains(msg),
+        message_of(err).contains(msg),
         "the upstream's message is passed on: {err}"
     );
     assert_eq!(fake.attempts(), 1, "4xx is never retried");
@@ -505,10 +519,7 @@ async fn upstream_401_never_leaks_the_key() {
     let err = expect_error(&frames, "upstream_rejected");
     assert_eq!(err["retryable"], false);
     assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("Incorrect API key provided"),
+        message_of(err).contains("Incorrect API key provided"),
         "the upstream's message is passed on: {err}"
     );
     let everything = format!("{hello}{}", serde_json::to_string(&frames).unwrap());
@@ -555,10 +566,7 @@ async fn other_4xx_are_rejected_too() {
         )
         .await;
         let err = expect_error(&frames, "upstream_rejected");
-        assert!(err["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("nope {status}")));
+        assert!(message_of(err).contains(&format!("nope {status}")));
         assert_eq!(fake.attempts(), 1, "status {status}");
     }
 }
@@ -584,14 +592,7 @@ async fn cut_after_a_delta_is_broken_without_repeat() {
 #[actix_web::test]
 async fn cut_before_any_delta_is_retried() {
     let cut = Reply::sse(vec![Part::bytes(": hi\n\n")]).with_end(End::Cut);
-    let (frames, fake) = run_chat(
-        vec![cut, Reply::sse_words(&["ok"])],
-        &["--max-attempts", "3"],
-    )
-    .await;
-    expect_done(&frames);
-    assert_eq!(content_of(&frames), "ok");
-    assert_eq!(fake.attempts(), 2);
+    ok_on_the_second_attempt(cut, &["--max-attempts", "3"]).await;
 }
 
 #[actix_web::test]
@@ -606,13 +607,7 @@ async fn in_stream_error_after_a_delta_is_broken_with_its_message() {
     ])];
     let (frames, fake) = run_chat(script, &["--max-attempts", "5"]).await;
     let err = expect_error(&frames, "upstream_broken");
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("The server had an error"),
-        "{err}"
-    );
+    assert!(message_of(err).contains("The server had an error"), "{err}");
     assert_eq!(content_of(&frames), "Hel");
     assert_eq!(fake.attempts(), 1);
 }
@@ -647,10 +642,7 @@ async fn in_stream_error_shapes_are_all_errors() {
         let frames = ws.chat(which, which, WAIT).await;
         let err = expect_error(&frames, "upstream_broken");
         assert!(
-            err["message"]
-                .as_str()
-                .unwrap()
-                .contains(&format!("boom-{which}")),
+            message_of(err).contains(&format!("boom-{which}")),
             "{which}: {err}"
         );
         assert_eq!(content_of(&frames), "Hel", "{which}");
@@ -690,7 +682,7 @@ async fn in_stream_error_before_any_delta_on_the_last_attempt_carries_its_messag
         "{err}"
     );
     assert!(
-        err["message"].as_str().unwrap().contains("overloaded"),
+        message_of(err).contains("overloaded"),
         "carries the upstream's message: {err}"
     );
     assert_eq!(fake.attempts(), 1);
@@ -715,14 +707,7 @@ async fn invalid_json_data_after_a_delta_is_an_error() {
 async fn invalid_json_data_before_any_delta_fails_the_attempt() {
     let bad = Reply::sse(vec![Part::bytes("data: not json at all\n\n"), done_part()]);
     // Retried when attempts remain...
-    let (frames, fake) = run_chat(
-        vec![bad.clone(), Reply::sse_words(&["ok"])],
-        &["--max-attempts", "2"],
-    )
-    .await;
-    expect_done(&frames);
-    assert_eq!(content_of(&frames), "ok");
-    assert_eq!(fake.attempts(), 2);
+    ok_on_the_second_attempt(bad.clone(), &["--max-attempts", "2"]).await;
     // ...an error (never a silent `done`) on the last one.
     let (frames, _fake) = run_chat(vec![bad], &["--max-attempts", "1"]).await;
     let t = terminal(&frames);
@@ -742,11 +727,7 @@ async fn fallback_to_second_upstream_after_503s() {
     let first = FakeUpstream::start(vec![Reply::status(503)]);
     let second = FakeUpstream::start(vec![Reply::sse_words(&["from ", "second"])]);
     let list = format!("{},{}", first.url(), second.url());
-    let gw = start_gateway(&["--upstream", &list, "--max-attempts", "2"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    let frames = ws.chat("f1", "hi", WAIT).await;
-    ws.expect_silence_for("f1", QUIET).await;
-    gw.stop(false).await;
+    let frames = chat_once(&["--upstream", &list, "--max-attempts", "2"]).await;
     expect_done(&frames);
     assert_eq!(content_of(&frames), "from second");
     assert_eq!(first.attempts(), 2, "--max-attempts on the first upstream");
@@ -760,10 +741,7 @@ async fn fallback_to_second_upstream_after_503s() {
 async fn fallback_to_second_upstream_after_refused() {
     let second = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
     let list = format!("{},{}", closed_port_url(), second.url());
-    let gw = start_gateway(&["--upstream", &list, "--max-attempts", "2"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    let frames = ws.chat("f1", "hi", WAIT).await;
-    gw.stop(false).await;
+    let frames = chat_once(&["--upstream", &list, "--max-attempts", "2"]).await;
     expect_done(&frames);
     assert_eq!(content_of(&frames), "ok");
     assert_eq!(of_type(&frames, "start")[0]["upstream"], second.host());
@@ -775,11 +753,7 @@ async fn fallback_exhausted_is_unavailable() {
     let first = FakeUpstream::start(vec![Reply::status(500)]);
     let second = FakeUpstream::start(vec![Reply::status(503)]);
     let list = format!("{},{}", first.url(), second.url());
-    let gw = start_gateway(&["--upstream", &list, "--max-attempts", "2"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    let frames = ws.chat("f1", "hi", WAIT).await;
-    ws.expect_silence_for("f1", QUIET).await;
-    gw.stop(false).await;
+    let frames = chat_once(&["--upstream", &list, "--max-attempts", "2"]).await;
     expect_error(&frames, "upstream_unavailable");
     assert_eq!((first.attempts(), second.attempts()), (2, 2));
 }
@@ -790,50 +764,37 @@ async fn fallback_exhausted_is_unavailable() {
 
 #[actix_web::test]
 async fn first_byte_timeout_on_the_last_attempt() {
-    let fake = FakeUpstream::start(vec![Reply::StallHeaders]);
-    let gw = gateway_for(
-        &fake,
-        &["--first-byte-timeout-ms", "300", "--max-attempts", "1"],
-    )
-    .await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let args = ["--first-byte-timeout-ms", "300", "--max-attempts", "1"];
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::StallHeaders], &args).await;
     let started = Instant::now();
     let frames = ws.chat("t1", "hi", WAIT).await;
     let took = started.elapsed();
     let err = expect_error(&frames, "upstream_timeout");
     assert_eq!(err["retryable"], true);
     assert!(took >= ms(250) && took < ms(3000), "took {took:?}");
-    assert!(
-        fake.wait_client_disconnect(ms(1000)).await,
-        "the timed-out request must be dropped"
-    );
+    fake.expect_client_disconnect("after the first-byte timeout")
+        .await;
     assert_eq!(fake.attempts(), 1);
     gw.stop(false).await;
 }
 
 #[actix_web::test]
 async fn first_byte_timeout_is_retried() {
-    let (frames, fake) = run_chat(
-        vec![Reply::StallHeaders, Reply::sse_words(&["ok"])],
+    ok_on_the_second_attempt(
+        Reply::StallHeaders,
         &["--first-byte-timeout-ms", "300", "--max-attempts", "2"],
     )
     .await;
-    expect_done(&frames);
-    assert_eq!(content_of(&frames), "ok");
-    assert_eq!(fake.attempts(), 2);
 }
 
 #[actix_web::test]
 async fn idle_timeout_before_any_delta_is_retried() {
     let stalled = Reply::sse(vec![Part::bytes(": open\n\n")]).with_end(End::Stall);
-    let (frames, fake) = run_chat(
-        vec![stalled, Reply::sse_words(&["ok"])],
+    let (frames, fake) = ok_on_the_second_attempt(
+        stalled,
         &["--idle-timeout-ms", "300", "--max-attempts", "3"],
     )
     .await;
-    expect_done(&frames);
-    assert_eq!(content_of(&frames), "ok");
-    assert_eq!(fake.attempts(), 2);
     assert_eq!(retry_attempts(&frames), vec![2]);
     assert!(fake.disconnects() >= 1, "the stalled stream was dropped");
 }
@@ -858,17 +819,18 @@ async fn idle_timeout_on_the_last_attempt_is_timeout() {
 /// failure after that is `upstream_broken`".
 #[actix_web::test]
 async fn idle_timeout_after_a_delta_is_broken() {
-    let fake = FakeUpstream::start(vec![
-        Reply::sse(vec![ev(&chunk("Hel"))]).with_end(End::Stall),
+    let script = vec![
+        stalled_after_hel(),
         Reply::sse_words(&["SHOULD NOT APPEAR"]),
-    ]);
-    let gw = gateway_for(&fake, &["--idle-timeout-ms", "300", "--max-attempts", "3"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    ];
+    let args = ["--idle-timeout-ms", "300", "--max-attempts", "3"];
+    let (fake, gw, mut ws) = fake_gateway_client(script, &args).await;
     let frames = ws.chat("t1", "hi", WAIT).await;
     let err = expect_error(&frames, "upstream_broken");
     assert_eq!(err["retryable"], true);
     assert_eq!(content_of(&frames), "Hel");
-    assert!(fake.wait_client_disconnect(ms(1000)).await);
+    fake.expect_client_disconnect("after the idle timeout")
+        .await;
     ws.expect_silence_for("t1", QUIET).await;
     assert_eq!(fake.attempts(), 1);
     gw.stop(false).await;
@@ -971,10 +933,7 @@ async fn non_sse_json_error_is_rejected() {
     .await;
     let err = expect_error(&frames, "upstream_rejected");
     assert_eq!(err["retryable"], false);
-    assert!(err["message"]
-        .as_str()
-        .unwrap()
-        .contains("You exceeded your current quota"));
+    assert!(message_of(err).contains("You exceeded your current quota"));
     assert_eq!(fake.attempts(), 1);
 }
 
@@ -997,11 +956,23 @@ fn stalled_after_hel() -> Reply {
     Reply::sse(vec![ev(&chunk("Hel"))]).with_end(End::Stall)
 }
 
+/// A gateway (with `args`) whose upstream sends "Hel" and then stalls, and
+/// a client (answering pings or not) whose chat "k1" got that delta.
+async fn client_mid_stream(
+    args: &[&str],
+    auto_pong: bool,
+) -> (FakeUpstream, netfly::Gateway, WsClient) {
+    let (fake, gw, mut ws) = fake_gateway_client(vec![stalled_after_hel()], args).await;
+    ws.set_auto_pong(auto_pong);
+    ws.send_chat("k1", "hi").await;
+    ws.expect_type("k1", "delta", WAIT).await;
+    (fake, gw, ws)
+}
+
 #[actix_web::test]
 async fn cancel_mid_stream_drops_the_upstream_request() {
-    let fake = FakeUpstream::start(vec![stalled_after_hel(), Reply::sse_words(&["next"])]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) =
+        fake_gateway_client(vec![stalled_after_hel(), Reply::sse_words(&["next"])], &[]).await;
     ws.send_chat("k1", "hi").await;
     let delta = ws.expect_type("k1", "delta", WAIT).await;
     assert_eq!(delta["content"], "Hel");
@@ -1009,10 +980,7 @@ async fn cancel_mid_stream_drops_the_upstream_request() {
     let frames = ws.chat_until_terminal("k1", ms(2000)).await;
     let done = expect_done(&frames);
     assert_eq!(done["finish_reason"], "cancelled");
-    assert!(
-        fake.wait_client_disconnect(ms(1000)).await,
-        "cancel must close the upstream connection within 1 s"
-    );
+    fake.expect_client_disconnect("after cancel").await;
     ws.expect_silence_for("k1", QUIET).await;
     // A second cancel of the finished id is ignored.
     ws.send_cancel("k1").await;
@@ -1025,35 +993,22 @@ async fn cancel_mid_stream_drops_the_upstream_request() {
 
 #[actix_web::test]
 async fn cancel_while_waiting_for_headers() {
-    let fake = FakeUpstream::start(vec![Reply::StallHeaders]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::StallHeaders], &[]).await;
     ws.send_chat("k1", "hi").await;
     assert!(fake.wait_attempts(1, WAIT).await);
     ws.send_cancel("k1").await;
     let frames = ws.chat_until_terminal("k1", ms(2000)).await;
     assert_eq!(expect_done(&frames)["finish_reason"], "cancelled");
-    assert!(fake.wait_client_disconnect(ms(1000)).await);
+    fake.expect_client_disconnect("after cancel while waiting for headers")
+        .await;
     ws.expect_silence_for("k1", QUIET).await;
     gw.stop(false).await;
 }
 
 #[actix_web::test]
 async fn cancel_during_backoff_is_prompt() {
-    let fake = FakeUpstream::start(vec![Reply::status(503)]);
-    let gw = gateway_for(
-        &fake,
-        &[
-            "--max-attempts",
-            "5",
-            "--backoff-base-ms",
-            "3000",
-            "--backoff-max-ms",
-            "3000",
-        ],
-    )
-    .await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let args = flags("--max-attempts 5 --backoff-base-ms 3000 --backoff-max-ms 3000");
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::status(503)], &args).await;
     ws.send_chat("k1", "hi").await;
     ws.expect_type("k1", "retry", WAIT).await;
     ws.send_cancel("k1").await;
@@ -1072,9 +1027,7 @@ async fn cancel_during_backoff_is_prompt() {
 
 #[actix_web::test]
 async fn cancel_of_unknown_id_is_ignored() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (_fake, gw, mut ws) = fake_gateway_client(vec![Reply::sse_words(&["ok"])], &[]).await;
     ws.send_cancel("never-started").await;
     ws.expect_no_frame(QUIET).await;
     let frames = ws.chat("c1", "hi", WAIT).await;
@@ -1083,79 +1036,44 @@ async fn cancel_of_unknown_id_is_ignored() {
     gw.stop(false).await;
 }
 
+/// The client leaves mid-stream (after a close frame, or by just
+/// vanishing): the upstream connection must be closed within 1 s.
+async fn leaving_mid_stream_drops_the_upstream(send_close_frame: bool, what: &str) {
+    let (fake, gw, mut ws) = client_mid_stream(&[], true).await;
+    if send_close_frame {
+        ws.close().await;
+    }
+    drop(ws);
+    fake.expect_client_disconnect(what).await;
+    gw.stop(false).await;
+}
+
 #[actix_web::test]
 async fn socket_close_mid_stream_drops_the_upstream_request() {
-    let fake = FakeUpstream::start(vec![stalled_after_hel()]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    ws.send_chat("k1", "hi").await;
-    ws.expect_type("k1", "delta", WAIT).await;
-    ws.close().await;
-    drop(ws);
-    assert!(
-        fake.wait_client_disconnect(ms(1000)).await,
-        "closing the socket must close the upstream connection within 1 s"
-    );
-    gw.stop(false).await;
+    leaving_mid_stream_drops_the_upstream(true, "closing the socket").await;
 }
 
 #[actix_web::test]
 async fn socket_dropped_without_close_frame_drops_the_upstream_request() {
-    let fake = FakeUpstream::start(vec![stalled_after_hel()]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    ws.send_chat("k1", "hi").await;
-    ws.expect_type("k1", "delta", WAIT).await;
-    drop(ws);
-    assert!(
-        fake.wait_client_disconnect(ms(1000)).await,
-        "a vanished socket must close the upstream connection within 1 s"
-    );
-    gw.stop(false).await;
+    leaving_mid_stream_drops_the_upstream(false, "a vanished socket").await;
 }
 
 #[actix_web::test]
 async fn silent_client_is_dropped_with_its_upstream_request() {
-    let fake = FakeUpstream::start(vec![stalled_after_hel()]);
-    let gw = gateway_for(
-        &fake,
-        &[
-            "--heartbeat-interval-ms",
-            "100",
-            "--client-timeout-ms",
-            "500",
-        ],
-    )
-    .await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    ws.set_auto_pong(false);
-    ws.send_chat("k1", "hi").await;
-    ws.expect_type("k1", "delta", WAIT).await;
+    let (fake, gw, mut ws) = client_mid_stream(FAST_HEARTBEAT, false).await;
     assert!(
         ws.wait_closed(ms(3000)).await,
         "a client silent past --client-timeout-ms must be dropped"
     );
-    assert!(
-        fake.wait_client_disconnect(ms(1000)).await,
-        "its chat's upstream request must be dropped"
-    );
+    fake.expect_client_disconnect("after dropping the silent client")
+        .await;
     gw.stop(false).await;
 }
 
 #[actix_web::test]
 async fn client_answering_pings_is_kept() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words_slow(&["a", "b", "c"], ms(300))]);
-    let gw = gateway_for(
-        &fake,
-        &[
-            "--heartbeat-interval-ms",
-            "100",
-            "--client-timeout-ms",
-            "500",
-        ],
-    )
-    .await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let slow = Reply::sse_words_slow(&["a", "b", "c"], ms(300));
+    let (_fake, gw, mut ws) = fake_gateway_client(vec![slow], FAST_HEARTBEAT).await;
     let frames = ws.chat("k1", "hi", WAIT).await;
     expect_done(&frames);
     assert_eq!(content_of(&frames), "abc");
@@ -1169,9 +1087,7 @@ async fn client_answering_pings_is_kept() {
 
 #[actix_web::test]
 async fn four_interleaved_chats_stay_apart() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(10))]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::echo(ms(10))], &[]).await;
     let texts = [
         ("a", "alpha one two three four five six seven"),
         ("b", "bravo uno dos tres cuatro cinco seis"),
@@ -1196,9 +1112,7 @@ async fn four_interleaved_chats_stay_apart() {
 
 #[actix_web::test]
 async fn fifth_chat_in_flight_is_busy() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(600))]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::echo(ms(600))], &[]).await;
     assert_eq!(ws.hello()["max_streams"], 4);
     let ids = ["c1", "c2", "c3", "c4"];
     for id in ids {
@@ -1234,9 +1148,7 @@ async fn fifth_chat_in_flight_is_busy() {
 
 #[actix_web::test]
 async fn duplicate_id_in_flight_is_rejected_and_the_running_chat_untouched() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(400))]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::echo(ms(400))], &[]).await;
     ws.send_chat("d1", "one two").await;
     ws.expect_type("d1", "delta", WAIT).await;
     ws.send_chat("d1", "duplicate").await;
@@ -1300,292 +1212,109 @@ fn user_messages(n: usize) -> Value {
 }
 
 /// (label, input, expected code, whether `"id": null` is required).
-fn bad_inputs() -> Vec<(&'static str, Input, &'static str, bool)> {
+type BadInput = (&'static str, Input, &'static str, bool);
+
+/// A `bad_request` whose error may carry the chat's id or null.
+fn bad(label: &'static str, input: Input) -> BadInput {
+    (label, input, "bad_request", false)
+}
+
+/// A `bad_request` whose error must carry `"id": null`.
+fn bad_id(label: &'static str, input: Input) -> BadInput {
+    (label, input, "bad_request", true)
+}
+
+fn bad_inputs() -> Vec<BadInput> {
     let text = |s: &str| Input::Text(s.to_string());
-    vec![
-        ("malformed JSON", text("{not json"), "bad_request", true),
-        ("empty text", text(""), "bad_request", true),
-        ("JSON array", text("[1,2,3]"), "bad_request", true),
-        ("JSON string", text("\"chat\""), "bad_request", true),
-        (
-            "missing type",
-            chat_with(json!({ "type": null })),
-            "bad_request",
-            false,
-        ),
-        (
-            "unknown type",
-            chat_with(json!({ "type": "bogus" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "type not a string",
-            chat_with(json!({ "type": 7 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "missing id",
-            chat_with(json!({ "id": null })),
-            "bad_request",
-            true,
-        ),
-        (
-            "id too long",
-            chat_with(json!({ "id": "x".repeat(65) })),
-            "bad_request",
-            true,
-        ),
-        (
-            "empty id",
-            chat_with(json!({ "id": "" })),
-            "bad_request",
-            true,
-        ),
-        (
-            "control char in id",
-            chat_with(json!({ "id": "a\u{7}b" })),
-            "bad_request",
-            true,
-        ),
-        (
-            "non-ASCII id",
-            chat_with(json!({ "id": "héllo" })),
-            "bad_request",
-            true,
-        ),
-        (
-            "numeric id",
-            chat_with(json!({ "id": 42 })),
-            "bad_request",
-            true,
-        ),
-        (
-            "unknown model",
-            chat_with(json!({ "model": "gpt-5-ultra" })),
-            "unknown_model",
-            false,
-        ),
-        (
-            "model not a string",
-            chat_with(json!({ "model": 7 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "no messages",
-            chat_with(json!({ "messages": [] })),
-            "bad_request",
-            false,
-        ),
+    let mut cases = vec![
+        bad_id("malformed JSON", text("{not json")),
+        bad_id("empty text", text("")),
+        bad_id("JSON array", text("[1,2,3]")),
+        bad_id("JSON string", text("\"chat\"")),
+    ];
+    // (label, changes to a valid chat frame, whether `"id": null` is required)
+    let frame_changes = [
+        ("missing type", json!({ "type": null }), false),
+        ("unknown type", json!({ "type": "bogus" }), false),
+        ("type not a string", json!({ "type": 7 }), false),
+        ("missing id", json!({ "id": null }), true),
+        ("id too long", json!({ "id": "x".repeat(65) }), true),
+        ("empty id", json!({ "id": "" }), true),
+        ("control char in id", json!({ "id": "a\u{7}b" }), true),
+        ("non-ASCII id", json!({ "id": "héllo" }), true),
+        ("numeric id", json!({ "id": 42 }), true),
+        ("model not a string", json!({ "model": 7 }), false),
+        ("no messages", json!({ "messages": [] }), false),
         (
             "257 messages",
-            chat_with(json!({ "messages": user_messages(257) })),
-            "bad_request",
+            json!({ "messages": user_messages(257) }),
             false,
         ),
-        (
-            "messages missing",
-            chat_with(json!({ "messages": null })),
-            "bad_request",
-            false,
-        ),
-        (
-            "messages a string",
-            chat_with(json!({ "messages": "hi" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "bad role",
-            with_message(json!({ "role": "tool", "content": "x" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "missing role",
-            with_message(json!({ "content": "x" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "number content",
-            with_message(json!({ "role": "user", "content": 5 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "null content",
-            with_message(json!({ "role": "user", "content": null })),
-            "bad_request",
-            false,
-        ),
-        (
-            "missing content",
-            with_message(json!({ "role": "user" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "array content",
-            with_message(json!({ "role": "user", "content": [{ "type": "text", "text": "x" }] })),
-            "bad_request",
-            false,
-        ),
+        ("messages missing", json!({ "messages": null }), false),
+        ("messages a string", json!({ "messages": "hi" }), false),
         (
             "message not an object",
-            chat_with(json!({ "messages": ["hi"] })),
-            "bad_request",
+            json!({ "messages": ["hi"] }),
             false,
         ),
+        ("params not an object", json!({ "params": "hot" }), false),
+    ];
+    for (label, changes, id_null) in frame_changes {
+        cases.push((label, chat_with(changes), "bad_request", id_null));
+    }
+    cases.push((
+        "unknown model",
+        chat_with(json!({ "model": "gpt-5-ultra" })),
+        "unknown_model",
+        false,
+    ));
+    let messages = [
+        ("bad role", json!({ "role": "tool", "content": "x" })),
+        ("missing role", json!({ "content": "x" })),
+        ("number content", json!({ "role": "user", "content": 5 })),
+        ("null content", json!({ "role": "user", "content": null })),
+        ("missing content", json!({ "role": "user" })),
         (
-            "unknown param",
-            with_params(json!({ "foo": 1 })),
-            "bad_request",
-            false,
+            "array content",
+            json!({ "role": "user", "content": [{ "type": "text", "text": "x" }] }),
         ),
-        (
-            "param stream",
-            with_params(json!({ "stream": false })),
-            "bad_request",
-            false,
-        ),
-        (
-            "param model",
-            with_params(json!({ "model": "gpt-4" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "params not an object",
-            chat_with(json!({ "params": "hot" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "temperature > 2",
-            with_params(json!({ "temperature": 2.5 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "temperature < 0",
-            with_params(json!({ "temperature": -0.1 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "temperature a string",
-            with_params(json!({ "temperature": "hot" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "top_p > 1",
-            with_params(json!({ "top_p": 1.5 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "top_p < 0",
-            with_params(json!({ "top_p": -0.1 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "presence_penalty < -2",
-            with_params(json!({ "presence_penalty": -2.5 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "presence_penalty > 2",
-            with_params(json!({ "presence_penalty": 2.1 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "frequency_penalty > 2",
-            with_params(json!({ "frequency_penalty": 3 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "frequency_penalty < -2",
-            with_params(json!({ "frequency_penalty": -3 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "max_tokens 0",
-            with_params(json!({ "max_tokens": 0 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "max_tokens negative",
-            with_params(json!({ "max_tokens": -1 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "max_tokens fractional",
-            with_params(json!({ "max_tokens": 1.5 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "max_tokens a string",
-            with_params(json!({ "max_tokens": "10" })),
-            "bad_request",
-            false,
-        ),
+    ];
+    cases.extend(messages.map(|(label, m)| bad(label, with_message(m))));
+    let params = [
+        ("unknown param", json!({ "foo": 1 })),
+        ("param stream", json!({ "stream": false })),
+        ("param model", json!({ "model": "gpt-4" })),
+        ("temperature > 2", json!({ "temperature": 2.5 })),
+        ("temperature < 0", json!({ "temperature": -0.1 })),
+        ("temperature a string", json!({ "temperature": "hot" })),
+        ("top_p > 1", json!({ "top_p": 1.5 })),
+        ("top_p < 0", json!({ "top_p": -0.1 })),
+        ("presence_penalty < -2", json!({ "presence_penalty": -2.5 })),
+        ("presence_penalty > 2", json!({ "presence_penalty": 2.1 })),
+        ("frequency_penalty > 2", json!({ "frequency_penalty": 3 })),
+        ("frequency_penalty < -2", json!({ "frequency_penalty": -3 })),
+        ("max_tokens 0", json!({ "max_tokens": 0 })),
+        ("max_tokens negative", json!({ "max_tokens": -1 })),
+        ("max_tokens fractional", json!({ "max_tokens": 1.5 })),
+        ("max_tokens a string", json!({ "max_tokens": "10" })),
         (
             "stop with 5 strings",
-            with_params(json!({ "stop": ["a", "b", "c", "d", "e"] })),
-            "bad_request",
-            false,
+            json!({ "stop": ["a", "b", "c", "d", "e"] }),
         ),
-        (
-            "stop a number",
-            with_params(json!({ "stop": 7 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "stop with a number",
-            with_params(json!({ "stop": ["a", 1] })),
-            "bad_request",
-            false,
-        ),
-        (
-            "seed fractional",
-            with_params(json!({ "seed": 1.5 })),
-            "bad_request",
-            false,
-        ),
-        (
-            "seed a string",
-            with_params(json!({ "seed": "x" })),
-            "bad_request",
-            false,
-        ),
-        (
-            "cancel without id",
-            text("{\"type\":\"cancel\"}"),
-            "bad_request",
-            true,
-        ),
-        ("binary frame", Input::Binary, "bad_request", true),
-    ]
+        ("stop a number", json!({ "stop": 7 })),
+        ("stop with a number", json!({ "stop": ["a", 1] })),
+        ("seed fractional", json!({ "seed": 1.5 })),
+        ("seed a string", json!({ "seed": "x" })),
+    ];
+    cases.extend(params.map(|(label, p)| bad(label, with_params(p))));
+    cases.push(bad_id("cancel without id", text("{\"type\":\"cancel\"}")));
+    cases.push(bad_id("binary frame", Input::Binary));
+    cases
 }
 
 #[actix_web::test]
 async fn every_bad_input_is_answered_and_the_socket_survives() {
-    let fake = FakeUpstream::start(vec![Reply::echo(Duration::ZERO)]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::echo(Duration::ZERO)], &[]).await;
     let cases = bad_inputs();
     let mut valid = 0;
     for (i, (label, input, code, id_null)) in cases.into_iter().enumerate() {
@@ -1630,9 +1359,7 @@ async fn every_bad_input_is_answered_and_the_socket_survives() {
 /// The edges of every limit are accepted and forwarded.
 #[actix_web::test]
 async fn inputs_at_the_limits_are_accepted() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(vec![Reply::sse_words(&["ok"])], &[]).await;
     let long_id: String = (0..64).map(|i| (b' ' + (i % 95) as u8) as char).collect();
     assert_eq!(long_id.len(), 64);
     let cases = vec![
@@ -1680,9 +1407,11 @@ async fn inputs_at_the_limits_are_accepted() {
 
 #[actix_web::test]
 async fn frame_over_max_frame_bytes_closes_1009() {
-    let fake = FakeUpstream::start(vec![Reply::echo(Duration::ZERO)]);
-    let gw = gateway_for(&fake, &["--max-frame-bytes", "1024"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut ws) = fake_gateway_client(
+        vec![Reply::echo(Duration::ZERO)],
+        &["--max-frame-bytes", "1024"],
+    )
+    .await;
     // Just under the limit is fine.
     let text = "y".repeat(900);
     let frame = chat_frame("small", &text).to_string();
@@ -1783,9 +1512,7 @@ async fn healthz_and_metrics() {
 async fn origins_are_checked() {
     let gw = start_gateway(&["--allowed-origins", "http://good.example"]).await;
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[("Origin", "http://evil.example")])
-            .await
-            .err(),
+        WsClient::refusal(gw.addr, "/ws", &[("Origin", "http://evil.example")]).await,
         Some(403)
     );
     WsClient::connect_with(gw.addr, "/ws", &[("Origin", "http://good.example")]).await;
@@ -1797,9 +1524,7 @@ async fn origins_are_checked() {
     let same = format!("http://{}", gw.addr);
     WsClient::connect_with(gw.addr, "/ws", &[("Origin", same.as_str())]).await;
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[("Origin", "http://evil.example")])
-            .await
-            .err(),
+        WsClient::refusal(gw.addr, "/ws", &[("Origin", "http://evil.example")]).await,
         Some(403)
     );
     gw.stop(false).await;
@@ -1808,14 +1533,9 @@ async fn origins_are_checked() {
 #[actix_web::test]
 async fn auth_tokens_are_required_when_set() {
     let gw = start_gateway(&["--auth-tokens", "t1,t2"]).await;
+    assert_eq!(WsClient::refusal(gw.addr, "/ws", &[]).await, Some(401));
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[]).await.err(),
-        Some(401)
-    );
-    assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws?token=wrong", &[])
-            .await
-            .err(),
+        WsClient::refusal(gw.addr, "/ws?token=wrong", &[]).await,
         Some(401)
     );
     WsClient::connect_with(gw.addr, "/ws?token=t2", &[]).await;
@@ -1828,10 +1548,7 @@ async fn max_connections_refuses_one_more() {
     let gw = start_gateway(&["--max-connections", "2"]).await;
     let a = WsClient::connect(gw.addr).await;
     let _b = WsClient::connect(gw.addr).await;
-    assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[]).await.err(),
-        Some(503)
-    );
+    assert_eq!(WsClient::refusal(gw.addr, "/ws", &[]).await, Some(503));
     drop(a);
     let deadline = Instant::now() + ms(3000);
     loop {
@@ -1860,7 +1577,7 @@ async fn graceful_shutdown_lets_streams_finish_then_closes_1001() {
     let client = async {
         // Let the drain begin (join! polls this future first).
         tokio::time::sleep(ms(100)).await;
-        let refused = WsClient::try_connect(addr, "/ws", &[]).await.err();
+        let refused = WsClient::refusal(addr, "/ws", &[]).await;
         let frames = ws.chat_until_terminal("g1", Duration::from_secs(12)).await;
         let closed = ws.wait_closed(Duration::from_secs(12)).await;
         (refused, frames, closed, ws.close_code())
@@ -1880,11 +1597,7 @@ async fn graceful_shutdown_lets_streams_finish_then_closes_1001() {
 /// upstream requests of their chats are dropped.
 #[actix_web::test]
 async fn graceful_shutdown_grace_expires() {
-    let fake = FakeUpstream::start(vec![stalled_after_hel()]);
-    let gw = gateway_for(&fake, &["--shutdown-grace-ms", "300"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    ws.send_chat("g1", "hi").await;
-    ws.expect_type("g1", "delta", WAIT).await;
+    let (fake, gw, mut ws) = client_mid_stream(&["--shutdown-grace-ms", "300"], true).await;
     let started = Instant::now();
     let client = async {
         let closed = ws.wait_closed(Duration::from_secs(5)).await;
@@ -1894,17 +1607,14 @@ async fn graceful_shutdown_grace_expires() {
     assert!(closed, "socket not closed after the grace period");
     assert_eq!(code, Some(1001));
     assert!(took >= ms(250), "closed before the grace period: {took:?}");
-    assert!(fake.wait_client_disconnect(ms(1000)).await);
+    fake.expect_client_disconnect("after the grace period")
+        .await;
 }
 
 /// `stop` closes every socket with 1001 at once.
 #[actix_web::test]
 async fn stop_closes_sockets_1001() {
-    let fake = FakeUpstream::start(vec![stalled_after_hel()]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
-    ws.send_chat("g1", "hi").await;
-    ws.expect_type("g1", "delta", WAIT).await;
+    let (fake, gw, mut ws) = client_mid_stream(&[], true).await;
     let client = async {
         let closed = ws.wait_closed(Duration::from_secs(5)).await;
         (closed, ws.close_code())
@@ -1912,7 +1622,7 @@ async fn stop_closes_sockets_1001() {
     let ((closed, code), ()) = tokio::join!(client, gw.stop(true));
     assert!(closed);
     assert_eq!(code, Some(1001));
-    assert!(fake.wait_client_disconnect(ms(1000)).await);
+    fake.expect_client_disconnect("after stop").await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1982,7 +1692,8 @@ async fn harness_fake_upstream_behaves() {
     let first = tokio::time::timeout(WAIT, r.next()).await.unwrap();
     assert!(first.unwrap().unwrap().starts_with(b"data: "));
     drop(r);
-    assert!(fake.wait_client_disconnect(ms(1000)).await);
+    fake.expect_client_disconnect("after dropping a response mid-stream")
+        .await;
 
     let req = fake.request(0);
     assert_eq!(

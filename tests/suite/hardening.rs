@@ -19,42 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use crate::support::fake::{chunk, completion, done_event, event, openai_error};
+use crate::support::fake::{chunk, completion, done_event, event, openai_error, read_request};
 use crate::support::*;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(ms(20)).await;
-    }
-}
-
-/// Retries an upgrade (bounded) until it is accepted; panics with the last
-/// status otherwise.
-async fn connect_eventually(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> WsClient {
-    let deadline = Instant::now() + ms(3000);
-    loop {
-        match WsClient::try_connect(addr, path, headers).await {
-            Ok(mut ws) => {
-                let hello = ws.next_json(WAIT).await.expect("hello frame");
-                assert_eq!(hello["type"], "hello", "{hello}");
-                return ws;
-            }
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(ms(50)).await,
-            Err(s) => panic!("upgrade still refused after 3 s: HTTP {s}"),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -73,18 +42,12 @@ async fn origin_default_same_host_allows_no_origin_and_refuses_other_ports() {
     let other_port = format!("http://127.0.0.1:{}", gw.addr.port().wrapping_add(1));
     for origin in [other_port.as_str(), "null", "http://localhost", "file://"] {
         assert_eq!(
-            WsClient::try_connect(gw.addr, "/ws", &[("Origin", origin)])
-                .await
-                .err(),
+            WsClient::refusal(gw.addr, "/ws", &[("Origin", origin)]).await,
             Some(403),
             "origin {origin:?} must be refused by default"
         );
     }
-    let (_, metrics) = http_get(gw.addr, "/metrics").await;
-    assert!(
-        metrics.contains("netfly_ws_refused_total{reason=\"origin\"} 4"),
-        "{metrics}"
-    );
+    expect_metric(gw.addr, "netfly_ws_refused_total{reason=\"origin\"} 4").await;
     gw.stop(false).await;
 }
 
@@ -109,9 +72,7 @@ async fn origin_list_matches_any_entry_case_insensitively() {
         "https://evil.a.example",
     ] {
         assert_eq!(
-            WsClient::try_connect(gw.addr, "/ws", &[("Origin", bad)])
-                .await
-                .err(),
+            WsClient::refusal(gw.addr, "/ws", &[("Origin", bad)]).await,
             Some(403),
             "origin {bad:?} is not in the list"
         );
@@ -119,9 +80,7 @@ async fn origin_list_matches_any_entry_case_insensitively() {
     // The list replaces same-host: the gateway's own host is not allowed.
     let own = format!("http://{}", gw.addr);
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[("Origin", own.as_str())])
-            .await
-            .err(),
+        WsClient::refusal(gw.addr, "/ws", &[("Origin", own.as_str())]).await,
         Some(403)
     );
     WsClient::connect(gw.addr).await; // still no Origin: allowed
@@ -157,7 +116,7 @@ async fn auth_refuses_near_misses_and_accepts_both_ways() {
     ];
     for (path, headers) in refused {
         assert_eq!(
-            WsClient::try_connect(gw.addr, path, headers).await.err(),
+            WsClient::refusal(gw.addr, path, headers).await,
             Some(401),
             "{path} {headers:?} must be refused"
         );
@@ -177,22 +136,10 @@ async fn auth_refuses_near_misses_and_accepts_both_ways() {
         "http://good.example",
     ])
     .await;
-    assert_eq!(
-        WsClient::try_connect(
-            gw2.addr,
-            "/ws?token=tok-one",
-            &[("Origin", "http://evil.example")]
-        )
-        .await
-        .err(),
-        Some(403)
-    );
-    WsClient::connect_with(
-        gw2.addr,
-        "/ws?token=tok-one",
-        &[("Origin", "http://good.example")],
-    )
-    .await;
+    let (good, evil) = ("http://good.example", "http://evil.example");
+    let refused = WsClient::refusal(gw2.addr, "/ws?token=tok-one", &[("Origin", evil)]).await;
+    assert_eq!(refused, Some(403));
+    WsClient::connect_with(gw2.addr, "/ws?token=tok-one", &[("Origin", good)]).await;
     gw2.stop(false).await;
     gw.stop(false).await;
 }
@@ -209,27 +156,17 @@ async fn max_connections_refusals_do_not_leak_slots() {
         open.push(WsClient::connect(gw.addr).await);
     }
     for _ in 0..5 {
-        assert_eq!(
-            WsClient::try_connect(gw.addr, "/ws", &[]).await.err(),
-            Some(503)
-        );
+        assert_eq!(WsClient::refusal(gw.addr, "/ws", &[]).await, Some(503));
     }
     // Free all three: three new ones fit again, the fourth does not.
     for mut ws in open.drain(..) {
         ws.close().await;
     }
     for _ in 0..3 {
-        open.push(connect_eventually(gw.addr, "/ws", &[]).await);
+        open.push(WsClient::connect_eventually(gw.addr, "/ws", &[]).await);
     }
-    assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[]).await.err(),
-        Some(503)
-    );
-    let (_, metrics) = http_get(gw.addr, "/metrics").await;
-    assert!(
-        metrics.contains("netfly_ws_refused_total{reason=\"full\"} 6"),
-        "{metrics}"
-    );
+    assert_eq!(WsClient::refusal(gw.addr, "/ws", &[]).await, Some(503));
+    expect_metric(gw.addr, "netfly_ws_refused_total{reason=\"full\"} 6").await;
     drop(open);
     gw.stop(false).await;
 }
@@ -244,38 +181,34 @@ async fn per_ip_connections_limit_is_429_and_freed_on_close() {
     let mut a = WsClient::connect(gw.addr).await;
     let _b = WsClient::connect(gw.addr).await;
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[]).await.err(),
+        WsClient::refusal(gw.addr, "/ws", &[]).await,
         Some(429),
         "the third socket from 127.0.0.1 must get 429"
     );
     // Without a trusted proxy, X-Forwarded-For is ignored (no spoofing).
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[("X-Forwarded-For", "10.9.9.9")])
-            .await
-            .err(),
+        WsClient::refusal(gw.addr, "/ws", &[("X-Forwarded-For", "10.9.9.9")]).await,
         Some(429),
         "an untrusted X-Forwarded-For must not give a fresh budget"
     );
     a.close().await;
     drop(a);
-    let _c = connect_eventually(gw.addr, "/ws", &[]).await;
-    assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", &[]).await.err(),
-        Some(429)
-    );
-    let (_, metrics) = http_get(gw.addr, "/metrics").await;
-    assert!(
-        metrics.contains("netfly_ws_refused_total{reason=\"per_ip\"}"),
-        "{metrics}"
-    );
+    let _c = WsClient::connect_eventually(gw.addr, "/ws", &[]).await;
+    assert_eq!(WsClient::refusal(gw.addr, "/ws", &[]).await, Some(429));
+    expect_metric(gw.addr, "netfly_ws_refused_total{reason=\"per_ip\"}").await;
     gw.stop(false).await;
+}
+
+/// An echoing fake, a gateway allowing `per_minute` chats per minute per
+/// address, and one client.
+async fn echo_with_chat_budget(per_minute: &str) -> (FakeUpstream, netfly::Gateway, WsClient) {
+    let args = ["--max-chats-per-minute-per-ip", per_minute];
+    fake_gateway_client(vec![Reply::echo(ms(0))], &args).await
 }
 
 #[actix_web::test]
 async fn per_ip_chat_rate_is_busy_after_m_chats_across_sockets() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(0))]);
-    let gw = gateway_for(&fake, &["--max-chats-per-minute-per-ip", "3"]).await;
-    let mut a = WsClient::connect(gw.addr).await;
+    let (fake, gw, mut a) = echo_with_chat_budget("3").await;
     let mut b = WsClient::connect(gw.addr).await;
     for id in ["r1", "r2"] {
         let frames = a.chat(id, "fine", WAIT).await;
@@ -304,9 +237,7 @@ async fn per_ip_chat_rate_is_busy_after_m_chats_across_sockets() {
 /// that reconnects gets a full budget again. Unignore once fixed.
 #[actix_web::test]
 async fn per_ip_chat_budget_survives_reconnect() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(0))]);
-    let gw = gateway_for(&fake, &["--max-chats-per-minute-per-ip", "2"]).await;
-    let mut a = WsClient::connect(gw.addr).await;
+    let (_fake, gw, mut a) = echo_with_chat_budget("2").await;
     expect_done(&a.chat("r1", "fine", WAIT).await);
     expect_done(&a.chat("r2", "fine", WAIT).await);
     expect_error(&a.chat("r3", "too many", WAIT).await, "busy");
@@ -322,36 +253,24 @@ async fn per_ip_chat_budget_survives_reconnect() {
 #[actix_web::test]
 async fn trusted_proxy_forwarded_address_is_the_one_limited() {
     let fake = FakeUpstream::start(vec![Reply::echo(ms(0))]);
-    let gw = gateway_for(
-        &fake,
-        &[
-            "--trusted-proxies",
-            "127.0.0.1",
-            "--max-connections-per-ip",
-            "1",
-            "--max-chats-per-minute-per-ip",
-            "2",
-        ],
-    )
-    .await;
+    let proxy = ["--trusted-proxies", "127.0.0.1"];
+    let limits = [
+        "--max-connections-per-ip",
+        "1",
+        "--max-chats-per-minute-per-ip",
+        "2",
+    ];
+    let gw = gateway_for(&fake, &[&proxy[..], &limits].concat()).await;
     let xff_a: &[(&str, &str)] = &[("X-Forwarded-For", "203.0.113.7")];
     // A proxy chain: the right-most untrusted entry is the client.
     let xff_b: &[(&str, &str)] = &[("X-Forwarded-For", "198.51.100.1, 198.51.100.2, 127.0.0.1")];
     let mut a = WsClient::connect_with(gw.addr, "/ws", xff_a).await;
     let mut b = WsClient::connect_with(gw.addr, "/ws", xff_b).await;
     // One socket each: a second one from either address is 429 ...
+    assert_eq!(WsClient::refusal(gw.addr, "/ws", xff_a).await, Some(429));
+    let xff_c: &[(&str, &str)] = &[("X-Forwarded-For", "10.0.0.1, 198.51.100.2")];
     assert_eq!(
-        WsClient::try_connect(gw.addr, "/ws", xff_a).await.err(),
-        Some(429)
-    );
-    assert_eq!(
-        WsClient::try_connect(
-            gw.addr,
-            "/ws",
-            &[("X-Forwarded-For", "10.0.0.1, 198.51.100.2")]
-        )
-        .await
-        .err(),
+        WsClient::refusal(gw.addr, "/ws", xff_c).await,
         Some(429),
         "198.51.100.2 is the client of both chains"
     );
@@ -646,44 +565,6 @@ impl Drop for FloodUpstream {
     }
 }
 
-/// Reads one request; returns the last message's content.
-async fn read_raw_request(stream: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p;
-        }
-        let mut tmp = [0u8; 4096];
-        let n = stream.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < len {
-        let mut tmp = [0u8; 4096];
-        let n = stream.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    let json: Value = serde_json::from_slice(&body).ok()?;
-    json["messages"]
-        .as_array()?
-        .last()?
-        .get("content")?
-        .as_str()
-        .map(str::to_owned)
-}
-
 fn http_chunk(data: &[u8]) -> Vec<u8> {
     let mut c = format!("{:x}\r\n", data.len()).into_bytes();
     c.extend_from_slice(data);
@@ -698,9 +579,10 @@ async fn serve_raw(
     floods: Arc<AtomicUsize>,
 ) {
     let _ = stream.set_nodelay(true);
-    let Some(message) = read_raw_request(&mut stream).await else {
+    let Some(request) = read_request(&mut stream, &mut Vec::new()).await else {
         return;
     };
+    let message = request.last_message();
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
                 transfer-encoding: chunked\r\nconnection: close\r\n\r\n";
     if stream.write_all(head.as_bytes()).await.is_err() {
@@ -848,7 +730,7 @@ async fn non_reading_client_pauses_its_upstream_and_memory_stays_bounded() {
     let mut stalled = RawWs::connect(gw.addr).await;
     stalled.send_json(&chat_frame("f1", "flood please")).await;
     assert!(
-        eventually(WAIT, || up.written() > 2 * MB).await,
+        poll_until(WAIT, ms(20), || up.written() > 2 * MB).await,
         "the flood never started (written {})",
         up.written()
     );
@@ -963,25 +845,22 @@ impl Drop for ChildGateway {
 #[actix_web::test]
 async fn stalled_client_dropped_by_heartbeat_closes_its_paused_upstream() {
     let up = FloodUpstream::start().await;
-    let url = up.url();
-    let gw = start_gateway(&[
-        "--upstream",
-        url.as_str(),
+    let heartbeat = [
         "--heartbeat-interval-ms",
         "200",
         "--client-timeout-ms",
         "1000",
-    ])
-    .await;
+    ];
+    let gw = gateway_to(&up.url(), &heartbeat).await;
     let mut stalled = RawWs::connect(gw.addr).await;
     stalled.send_json(&chat_frame("f1", "flood please")).await;
     let sent_at = Instant::now();
     assert!(
-        eventually(WAIT, || up.written() > MB).await,
+        poll_until(WAIT, ms(20), || up.written() > MB).await,
         "the flood never started"
     );
     assert!(
-        eventually(ms(4000), || up.disconnects() == 1).await,
+        poll_until(ms(4000), ms(20), || up.disconnects() == 1).await,
         "the stalled client's upstream request was not closed in time \
          (written {} MB)",
         up.written() / MB
@@ -1086,16 +965,7 @@ async fn vanished_raw_peer_is_dropped_with_its_upstream_request() {
     let fake = FakeUpstream::start(vec![
         Reply::sse(vec![Part::Bytes(event(&chunk("Hel")))]).with_end(End::Stall)
     ]);
-    let gw = gateway_for(
-        &fake,
-        &[
-            "--heartbeat-interval-ms",
-            "100",
-            "--client-timeout-ms",
-            "500",
-        ],
-    )
-    .await;
+    let gw = gateway_for(&fake, FAST_HEARTBEAT).await;
     let mut raw = RawWs::connect(gw.addr).await;
     raw.send_json(&chat_frame("v1", "hi")).await;
     assert!(fake.wait_attempts(1, WAIT).await);
@@ -1125,8 +995,7 @@ async fn vanished_raw_peer_is_dropped_with_its_upstream_request() {
         }
     }
     assert!(ended, "the vanished peer's socket was not closed");
-    let (_, metrics) = http_get(gw.addr, "/metrics").await;
-    assert!(metrics.contains("netfly_ws_connections 0"), "{metrics}");
+    expect_metric(gw.addr, "netfly_ws_connections 0").await;
     gw.stop(false).await;
 }
 
@@ -1200,7 +1069,6 @@ async fn panics_stay_inside_their_socket_or_chat() {
         ),
         slow
     );
-    let (_, metrics) = http_get(gw.addr, "/metrics").await;
-    assert!(metrics.contains("netfly_ws_connections 3"), "{metrics}");
+    expect_metric(gw.addr, "netfly_ws_connections 3").await;
     gw.stop(false).await;
 }

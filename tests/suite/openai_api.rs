@@ -27,6 +27,15 @@ fn user(content: &str) -> Value {
     json!([{ "role": "user", "content": content }])
 }
 
+/// Two SSE events, `gap` apart.
+fn two_events(first: &Value, gap: Duration, second: &Value) -> Vec<Part> {
+    vec![
+        Part::Bytes(event(first)),
+        Part::Delay(gap),
+        Part::Bytes(event(second)),
+    ]
+}
+
 /// An HTTP answer: status, content type, body.
 struct Answer {
     status: u16,
@@ -62,6 +71,16 @@ async fn post(addr: SocketAddr, body: &Value, token: Option<&str>) -> Answer {
     request(addr, "POST", "/v1/chat/completions", Some(body), token).await
 }
 
+/// `POST /v1/chat/completions` of one user message "x", streamed or not.
+async fn post_x(addr: SocketAddr, stream: bool) -> Answer {
+    post(
+        addr,
+        &json!({ "messages": user("x"), "stream": stream }),
+        None,
+    )
+    .await
+}
+
 async fn request(
     addr: SocketAddr,
     method: &str,
@@ -86,14 +105,13 @@ async fn request(
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    let bytes = tokio::time::timeout(WAIT, resp.body().limit(8 * 1024 * 1024))
+    let bytes = tokio::time::timeout(WAIT, read_body(&mut resp, 8 * 1024 * 1024, path))
         .await
-        .expect("body within the wait")
-        .unwrap_or_else(|e| panic!("{path} body failed: {e}"));
+        .expect("body within the wait");
     Answer {
         status: resp.status().as_u16(),
         content_type,
-        body: String::from_utf8(bytes.to_vec()).unwrap(),
+        body: String::from_utf8(bytes).unwrap(),
     }
 }
 
@@ -164,8 +182,7 @@ async fn streams_exact_content_as_openai_chunks() {
     ))));
     parts.push(Part::Bytes(event(&usage_chunk(&usage()))));
     parts.push(Part::Bytes(done_event()));
-    let fake = FakeUpstream::start(vec![Reply::sse(parts)]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (fake, gw) = fake_gateway(vec![Reply::sse(parts)], &[]).await;
 
     let body = json!({
         "model": "gpt-4", "messages": user("hi"), "stream": true,
@@ -214,14 +231,8 @@ async fn streams_exact_content_as_openai_chunks() {
 
 #[actix_web::test]
 async fn stream_without_include_usage_has_no_usage_chunk_and_default_model() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["a", "b"])]);
-    let gw = gateway_for(&fake, &[]).await;
-    let a = post(
-        gw.addr,
-        &json!({ "messages": user("x"), "stream": true }),
-        None,
-    )
-    .await;
+    let (_fake, gw) = fake_gateway(vec![Reply::sse_words(&["a", "b"])], &[]).await;
+    let a = post_x(gw.addr, true).await;
     assert_eq!(a.status, 200, "{}", a.body);
     let data = sse_data(&a.body);
     let chunks = chunks_of(&data, "gpt-3.5-turbo");
@@ -242,14 +253,8 @@ async fn stream_without_include_usage_has_no_usage_chunk_and_default_model() {
 /// away is invisible to the HTTP client, as on the WebSocket.
 #[actix_web::test]
 async fn retried_failures_are_invisible() {
-    let fake = FakeUpstream::start(vec![Reply::status(503), Reply::sse_words(&["fine"])]);
-    let gw = gateway_for(&fake, &[]).await;
-    let a = post(
-        gw.addr,
-        &json!({ "messages": user("x"), "stream": true }),
-        None,
-    )
-    .await;
+    let (fake, gw) = fake_gateway(vec![Reply::status(503), Reply::sse_words(&["fine"])], &[]).await;
+    let a = post_x(gw.addr, true).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(
         content(&chunks_of(&sse_data(&a.body), "gpt-3.5-turbo")),
@@ -261,19 +266,13 @@ async fn retried_failures_are_invisible() {
 
 #[actix_web::test]
 async fn error_after_streaming_began_is_an_sse_error_event() {
-    let parts = vec![
-        Part::Bytes(event(&chunk("Hel"))),
-        Part::Delay(ms(20)),
-        Part::Bytes(event(&openai_error("model overloaded mid-way"))),
-    ];
-    let fake = FakeUpstream::start(vec![Reply::sse(parts)]);
-    let gw = gateway_for(&fake, &[]).await;
-    let a = post(
-        gw.addr,
-        &json!({ "messages": user("x"), "stream": true }),
-        None,
-    )
-    .await;
+    let parts = two_events(
+        &chunk("Hel"),
+        ms(20),
+        &openai_error("model overloaded mid-way"),
+    );
+    let (_fake, gw) = fake_gateway(vec![Reply::sse(parts)], &[]).await;
+    let a = post_x(gw.addr, true).await;
     assert_eq!(a.status, 200, "{}", a.body);
     let data = sse_data(&a.body);
     assert!(!data.contains(&"[DONE]".to_string()), "{data:#?}");
@@ -310,8 +309,7 @@ async fn whole_completion_when_not_streaming() {
         Part::Bytes(event(&usage_chunk(&usage()))),
         Part::Bytes(done_event()),
     ];
-    let fake = FakeUpstream::start(vec![Reply::sse(parts)]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (fake, gw) = fake_gateway(vec![Reply::sse(parts)], &[]).await;
     let a = post(
         gw.addr,
         &json!({ "model": "gpt-4", "messages": user("x"), "stream": false }),
@@ -367,8 +365,7 @@ async fn models_list() {
 
 #[actix_web::test]
 async fn validation_errors_are_400_and_never_reach_the_upstream() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["never"])]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (fake, gw) = fake_gateway(vec![Reply::sse_words(&["never"])], &[]).await;
     let addr = gw.addr;
     for stream in [true, false] {
         let cases = [
@@ -427,15 +424,13 @@ async fn validation_errors_are_400_and_never_reach_the_upstream() {
 
 #[actix_web::test]
 async fn upstream_4xx_is_502_with_its_message() {
-    let fake = FakeUpstream::start(vec![Reply::error_json(400, "context too long for fake")]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (fake, gw) = fake_gateway(
+        vec![Reply::error_json(400, "context too long for fake")],
+        &[],
+    )
+    .await;
     for stream in [true, false] {
-        let a = post(
-            gw.addr,
-            &json!({ "messages": user("x"), "stream": stream }),
-            None,
-        )
-        .await;
+        let a = post_x(gw.addr, stream).await;
         let v = a.expect_error(502, "upstream_rejected");
         assert!(
             v["error"]["message"]
@@ -459,20 +454,13 @@ async fn upstream_4xx_is_502_with_its_message() {
 
 #[actix_web::test]
 async fn exhausted_upstream_is_503_and_timeout_504() {
-    let fake = FakeUpstream::start(vec![Reply::status(503)]);
-    let gw = gateway_for(&fake, &["--max-attempts", "2"]).await;
-    let a = post(
-        gw.addr,
-        &json!({ "messages": user("x"), "stream": true }),
-        None,
-    )
-    .await;
+    let (_fake, gw) = fake_gateway(vec![Reply::status(503)], &["--max-attempts", "2"]).await;
+    let a = post_x(gw.addr, true).await;
     a.expect_error(503, "upstream_unavailable");
     gw.stop(false).await;
 
-    let fake = FakeUpstream::start(vec![Reply::StallHeaders]);
-    let gw = gateway_for(
-        &fake,
+    let (_fake, gw) = fake_gateway(
+        vec![Reply::StallHeaders],
         &["--max-attempts", "1", "--first-byte-timeout-ms", "100"],
     )
     .await;
@@ -483,8 +471,11 @@ async fn exhausted_upstream_is_503_and_timeout_504() {
 
 #[actix_web::test]
 async fn auth_tokens_are_required_as_bearer() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
-    let gw = gateway_for(&fake, &["--auth-tokens", "s3cret,other"]).await;
+    let (fake, gw) = fake_gateway(
+        vec![Reply::sse_words(&["ok"])],
+        &["--auth-tokens", "s3cret,other"],
+    )
+    .await;
     let body = json!({ "messages": user("x"), "stream": true });
     for token in [None, Some("wrong"), Some("s3cre")] {
         let a = post(gw.addr, &body, token).await;
@@ -507,17 +498,22 @@ async fn auth_tokens_are_required_as_bearer() {
 // client disconnect
 // ---------------------------------------------------------------------------
 
-/// Sends a raw HTTP/1.1 POST and reads until `until` appears in the answer.
-async fn raw_post_until(addr: SocketAddr, body: &Value, until: &str) -> (TcpStream, String) {
+/// Sends a raw HTTP/1.1 `POST /v1/chat/completions` of `body`.
+async fn raw_post(addr: SocketAddr, body: &Value) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let body = body.to_string();
-    let head = format!(
+    let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body.as_bytes()).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp
+}
+
+/// Sends a raw HTTP/1.1 POST and reads until `until` appears in the answer.
+async fn raw_post_until(addr: SocketAddr, body: &Value, until: &str) -> (TcpStream, String) {
+    let mut tcp = raw_post(addr, body).await;
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(WAIT, async {
@@ -538,13 +534,8 @@ async fn raw_post_until(addr: SocketAddr, body: &Value, until: &str) -> (TcpStre
 
 #[actix_web::test]
 async fn client_disconnect_mid_stream_cancels_the_upstream() {
-    let parts = vec![
-        Part::Bytes(event(&chunk("first "))),
-        Part::Delay(ms(50)),
-        Part::Bytes(event(&chunk("second "))),
-    ];
-    let fake = FakeUpstream::start(vec![Reply::sse(parts).with_end(End::Stall)]);
-    let gw = gateway_for(&fake, &[]).await;
+    let parts = two_events(&chunk("first "), ms(50), &chunk("second "));
+    let (fake, gw) = fake_gateway(vec![Reply::sse(parts).with_end(End::Stall)], &[]).await;
     let body = json!({ "messages": user("x"), "stream": true });
     let (tcp, seen) = raw_post_until(gw.addr, &body, "second ").await;
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
@@ -555,10 +546,7 @@ async fn client_disconnect_mid_stream_cancels_the_upstream() {
         "the upstream request was not dropped within 1 s of the client leaving"
     );
     let m = gw.metrics();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-    while m.chats_active.get() != 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(ms(5)).await;
-    }
+    poll_until(Duration::from_secs(1), ms(5), || m.chats_active.get() == 0).await;
     assert_eq!(m.chats_active.get(), 0);
     assert_eq!(m.chats_total.with_label_values(&["disconnected"]).get(), 1);
     gw.stop(false).await;
@@ -567,18 +555,9 @@ async fn client_disconnect_mid_stream_cancels_the_upstream() {
 #[actix_web::test]
 async fn client_disconnect_before_any_content_cancels_the_upstream() {
     for stream in [true, false] {
-        let fake = FakeUpstream::start(vec![Reply::StallHeaders]);
-        let gw = gateway_for(&fake, &[]).await;
+        let (fake, gw) = fake_gateway(vec![Reply::StallHeaders], &[]).await;
         let body = json!({ "messages": user("x"), "stream": stream });
-        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-        let text = body.to_string();
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
-            gw.addr,
-            text.len()
-        );
-        tcp.write_all(head.as_bytes()).await.unwrap();
+        let tcp = raw_post(gw.addr, &body).await;
         assert!(fake.wait_attempts(1, WAIT).await);
         drop(tcp);
         assert!(
@@ -624,10 +603,21 @@ async fn run(program: String, args: Vec<String>, secs: u32) -> std::process::Out
     .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
 }
 
+/// The stdout of a finished program, after checking that it succeeded.
+fn stdout_of_success(out: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[actix_web::test]
 async fn curl_streams_it() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(5))]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (_fake, gw) = fake_gateway(vec![Reply::echo(ms(5))], &[]).await;
     let message = "streamed through curl";
     let body = json!({ "model": "gpt-4", "messages": user(message), "stream": true });
     let out = run(
@@ -644,13 +634,7 @@ async fn curl_streams_it() {
         20,
     )
     .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl failed ({:?}): {stdout} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out, "curl");
     let data = sse_data(&stdout);
     assert_eq!(data.last().unwrap(), "[DONE]");
     assert_eq!(content(&chunks_of(&data, "gpt-4")), message);
@@ -666,8 +650,11 @@ async fn official_openai_python_client() {
          with the official `openai` package)",
         python.display()
     );
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(2))]);
-    let gw = gateway_for(&fake, &["--auth-tokens", "sk-netfly-test"]).await;
+    let (_fake, gw) = fake_gateway(
+        vec![Reply::echo(ms(2))],
+        &["--auth-tokens", "sk-netfly-test"],
+    )
+    .await;
     let message = "Hello from the official openai client";
     let out = run(
         python.display().to_string(),
@@ -680,13 +667,7 @@ async fn official_openai_python_client() {
         60,
     )
     .await;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "openai client failed ({:?}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout_of_success(&out, "openai client");
     let v: Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}"));
     assert_eq!(v["models"], json!(["gpt-3.5-turbo", "gpt-4"]), "{v}");

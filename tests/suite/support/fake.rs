@@ -28,7 +28,7 @@ use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -515,22 +515,22 @@ impl FakeUpstream {
         self.wait_until(timeout, || self.disconnects() > 0).await
     }
 
+    /// Asserts that a client disconnect is seen within 1 s; `what` says
+    /// after what (it is in the failure message).
+    pub async fn expect_client_disconnect(&self, what: &str) {
+        assert!(
+            self.wait_client_disconnect(Duration::from_secs(1)).await,
+            "{what}: no upstream request was dropped within 1 s"
+        );
+    }
+
     /// Waits (bounded) until at least `n` requests arrived.
     pub async fn wait_attempts(&self, n: usize, timeout: Duration) -> bool {
         self.wait_until(timeout, || self.attempts() >= n).await
     }
 
     async fn wait_until(&self, timeout: Duration, cond: impl Fn() -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if cond() {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        super::poll_until(timeout, Duration::from_millis(5), cond).await
     }
 }
 
@@ -755,8 +755,8 @@ async fn write_stream<W: AsyncWrite + Unpin>(
 }
 
 /// Reads one request (head + body) from the connection; `None` on EOF or
-/// garbage before a complete request.
-async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Option<Request> {
+/// garbage before a complete request. `buf` holds bytes read past it.
+pub async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Option<Request> {
     let head_end = loop {
         if let Some(pos) = find(buf, b"\r\n\r\n") {
             break pos;

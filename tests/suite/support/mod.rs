@@ -10,7 +10,7 @@ pub mod fake;
 pub mod ws;
 
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -59,10 +59,70 @@ pub async fn start_gateway(args: &[&str]) -> netfly::Gateway {
 
 /// A gateway whose only upstream is `fake`, with extra `args`.
 pub async fn gateway_for(fake: &FakeUpstream, args: &[&str]) -> netfly::Gateway {
-    let url = fake.url();
-    let mut full = vec!["--upstream", url.as_str()];
-    full.extend_from_slice(args);
-    start_gateway(&full).await
+    gateway_to(&fake.url(), args).await
+}
+
+/// A gateway whose only upstream is `url`, with extra `args`.
+pub async fn gateway_to(url: &str, args: &[&str]) -> netfly::Gateway {
+    start_gateway(&[&["--upstream", url][..], args].concat()).await
+}
+
+/// Gateway flags for a quick heartbeat: a ping every 100 ms, a client
+/// silent for 500 ms is dropped.
+pub const FAST_HEARTBEAT: &[&str] = &[
+    "--heartbeat-interval-ms",
+    "100",
+    "--client-timeout-ms",
+    "500",
+];
+
+/// Gateway flags written as one string: `flags("--max-attempts 5")`.
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// A fake upstream playing `script` and a gateway (with `args`) whose only
+/// upstream it is.
+pub async fn fake_gateway(script: Vec<Reply>, args: &[&str]) -> (FakeUpstream, netfly::Gateway) {
+    let fake = FakeUpstream::start(script);
+    let gw = gateway_for(&fake, args).await;
+    (fake, gw)
+}
+
+/// [`fake_gateway`] and a WebSocket client connected to the gateway.
+pub async fn fake_gateway_client(
+    script: Vec<Reply>,
+    args: &[&str],
+) -> (FakeUpstream, netfly::Gateway, WsClient) {
+    let (fake, gw) = fake_gateway(script, args).await;
+    let ws = WsClient::connect(gw.addr).await;
+    (fake, gw, ws)
+}
+
+/// Evaluates `cond` every `every` until it holds (`true`) or `timeout`
+/// passes (`false`).
+pub async fn poll_until(
+    timeout: Duration,
+    every: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The `message` of an error frame (or OpenAI error object) as text.
+pub fn message_of(err: &Value) -> &str {
+    err["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no string message in {err}"))
 }
 
 /// A `chat` frame with one user message and no model/params.
@@ -176,13 +236,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .send()
         .await
         .unwrap_or_else(|e| panic!("GET {path} failed: {e}"));
-    let body = resp
-        .body()
-        .limit(4 * 1024 * 1024)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path} body failed: {e}"));
+    let body = read_body(&mut resp, 4 * 1024 * 1024, &format!("GET {path}")).await;
     (
         resp.status().as_u16(),
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// Asserts that the gateway's `/metrics` page contains `needle`.
+pub async fn expect_metric(addr: std::net::SocketAddr, needle: &str) {
+    let (status, metrics) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics: {metrics}");
+    assert!(
+        metrics.contains(needle),
+        "{needle:?} not in /metrics:\n{metrics}"
+    );
+}
+
+/// The whole body of an awc response (at most `limit` bytes); panics naming
+/// `what` when it cannot be read.
+pub async fn read_body(resp: &mut awc::ClientResponse, limit: usize, what: &str) -> Vec<u8> {
+    resp.body()
+        .limit(limit)
+        .await
+        .unwrap_or_else(|e| panic!("{what} body failed: {e}"))
+        .to_vec()
 }

@@ -71,12 +71,17 @@ impl WsClient {
         path_and_query: &str,
         headers: &[(&str, &str)],
     ) -> WsClient {
-        let mut client = Self::try_connect(addr, path_and_query, headers)
+        let client = Self::try_connect(addr, path_and_query, headers)
             .await
             .unwrap_or_else(|status| {
                 panic!("WebSocket upgrade of {path_and_query} refused (HTTP {status}; 0 = no HTTP answer)")
             });
-        let hello = client
+        client.with_hello().await
+    }
+
+    /// Reads the first frame and checks that it is `hello`.
+    async fn with_hello(mut self) -> WsClient {
+        let hello = self
             .next_json(HELLO_TIMEOUT)
             .await
             .unwrap_or_else(|| panic!("no hello frame within {HELLO_TIMEOUT:?}"));
@@ -84,8 +89,8 @@ impl WsClient {
             hello["type"], "hello",
             "the first frame must be hello, got {hello}"
         );
-        client.hello = Some(hello);
-        client
+        self.hello = Some(hello);
+        self
     }
 
     /// Performs the upgrade only (the `hello` frame is left unread). `Err`
@@ -121,6 +126,36 @@ impl WsClient {
                 Err(0)
             }
             Err(e) => panic!("WebSocket connect to {url} failed: {e:?}"),
+        }
+    }
+
+    /// The HTTP status that refused an upgrade, `None` when it was accepted
+    /// (shorthand for `try_connect(..).await.err()`).
+    pub async fn refusal(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<u16> {
+        Self::try_connect(addr, path_and_query, headers).await.err()
+    }
+
+    /// Retries an upgrade (bounded: 3 s) until it is accepted, then checks
+    /// the `hello` frame like [`WsClient::connect_with`]; panics with the
+    /// last status otherwise.
+    pub async fn connect_eventually(
+        addr: SocketAddr,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> WsClient {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match Self::try_connect(addr, path_and_query, headers).await {
+                Ok(client) => return client.with_hello().await,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(s) => panic!("upgrade of {path_and_query} still refused after 3 s: HTTP {s}"),
+            }
         }
     }
 
