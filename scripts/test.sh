@@ -10,7 +10,13 @@ bash scripts/install-proxy.sh
 bash scripts/install-deploy-deps.sh
 
 # Two cores: one test binary, a few tests at a time.
-cargo test --all-targets --locked -- --test-threads "${NETFLY_TEST_THREADS:-4}"
+# (RUST_TEST_THREADS, not --test-threads: the criterion bench target, run
+# once in test mode by --all-targets, does not take libtest's flags.)
+mkdir -p target
+RUST_TEST_THREADS="${NETFLY_TEST_THREADS:-4}" cargo test --all-targets --locked 2>&1 | tee target/test-output.log
 
 # Scale-out: nginx in front of two gateways, one killed mid-run.
 bash deploy/scale-test.sh
+
+# One closing line with the totals of every cargo test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.log
