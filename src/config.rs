@@ -67,6 +67,8 @@ pub struct Config {
     pub client_timeout: Duration,
     pub demo_word_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Worker threads (each with its own sessions and upstream client).
+    pub workers: usize,
     /// Test-only fault injection (no flag or variable sets it): a chat
     /// whose text contains `netfly-fault:panic-session` or
     /// `netfly-fault:panic-chat` panics in its session or its chat task, to
@@ -157,6 +159,9 @@ struct Flags {
     /// Grace period for chats in flight on shutdown, ms [env: NETFLY_SHUTDOWN_GRACE_MS] [default: 10000]
     #[arg(long)]
     shutdown_grace_ms: Option<String>,
+    /// Worker threads; default = number of CPU cores [env: NETFLY_WORKERS]
+    #[arg(long)]
+    workers: Option<String>,
 }
 
 /// One raw option value and the name (flag or variable) it came from.
@@ -515,6 +520,13 @@ impl Config {
                 return Err(format!("no upstream serves model {model:?}: add it to an upstream's models or remove it from the model list"));
             }
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = int(
+            pick(f.workers, "workers", lookup),
+            cores,
+            1,
+            "expected a whole number ≥ 1",
+        )?;
         Ok(Config {
             bind,
             upstreams,
@@ -541,6 +553,7 @@ impl Config {
             client_timeout,
             demo_word_delay,
             shutdown_grace,
+            workers,
             fault_injection: false,
         })
     }

@@ -152,6 +152,7 @@ impl Gateway {
         let shared_out = shared.clone();
         let connections = Arc::new(Connections::default());
         let user_timeout = shared.config.client_timeout;
+        let workers = shared.config.workers;
         let server = HttpServer::new(move || {
             let upstream = Upstream::new(shared.clone()).start();
             App::new()
@@ -187,6 +188,7 @@ impl Gateway {
         .h1_allow_half_closed(false)
         .backlog(4096)
         .max_connections(100_000)
+        .workers(workers)
         .shutdown_timeout(1)
         // Signals are ours (see `Gateway::shutdown`): actix's own handling
         // would cut WebSockets without a close frame.

@@ -185,3 +185,15 @@ fn per_ip_limits_and_trusted_proxies_parse() {
         "{err}"
     );
 }
+
+#[test]
+fn workers_default_to_the_cores_and_parse() {
+    let d = cfg(&[], &[]).expect("defaults");
+    assert!(d.workers >= 1);
+    assert_eq!(
+        cfg(&[], &[("NETFLY_WORKERS", "3")]).expect("env").workers,
+        3
+    );
+    let err = cfg(&["--workers", "0"], &[]).expect_err("zero workers");
+    assert!(err.contains("--workers"), "{err}");
+}
