@@ -12,21 +12,7 @@ if [[ -x "$CHROMIUM" && -x "$CHROMEDRIVER" ]]; then
     exit 0
 fi
 
-SUDO=""
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install-browser: need root (or sudo) to apt-get install chromium chromium-driver" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-echo "install-browser: installing chromium and chromium-driver"
-$SUDO apt-get update
-$SUDO env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y --no-install-recommends chromium chromium-driver
+bash "$(dirname "$0")/apt-install.sh" install-browser chromium chromium-driver
 
 for bin in "$CHROMIUM" "$CHROMEDRIVER"; do
     if [[ ! -x "$bin" ]]; then

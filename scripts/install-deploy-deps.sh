@@ -12,19 +12,7 @@ PY_PACKAGES=(openai websockets)
 PYTHON="${PYTHON:-python3}"
 
 apt_install() {
-    local SUDO=""
-    if [[ "$(id -u)" -ne 0 ]]; then
-        if command -v sudo >/dev/null 2>&1; then
-            SUDO="sudo"
-        else
-            echo "install-deploy-deps: need root (or sudo) to apt-get install $*" >&2
-            exit 1
-        fi
-    fi
-    echo "install-deploy-deps: installing $*"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update
-    $SUDO env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends "$@"
+    bash scripts/apt-install.sh install-deploy-deps "$@"
 }
 
 need_apt=()

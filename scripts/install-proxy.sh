@@ -15,20 +15,12 @@ if have_tinyproxy; then
     exit 0
 fi
 
+bash "$(dirname "$0")/apt-install.sh" install-proxy tinyproxy
+
 SUDO=""
 if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install-proxy: need root (or sudo) to apt-get install tinyproxy" >&2
-        exit 1
-    fi
+    SUDO="sudo"
 fi
-
-echo "install-proxy: installing tinyproxy"
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update
-$SUDO env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y --no-install-recommends tinyproxy
 
 # The package may start a system service (port 8888); the tests never use
 # it, so stop it and keep it from starting at boot.
