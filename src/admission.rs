@@ -80,21 +80,42 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The token a request presents: `Authorization: Bearer …` or `?token=`.
+/// The token of an `Authorization: Bearer …` header, if any.
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
+/// The token a browser presents: `Authorization: Bearer …` or `?token=`.
 fn presented_token(req: &HttpRequest) -> Option<String> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
-        if let Ok(s) = v.to_str() {
-            if let Some(t) = s
-                .strip_prefix("Bearer ")
-                .or_else(|| s.strip_prefix("bearer "))
-            {
-                return Some(t.trim().to_owned());
-            }
-        }
+    if let Some(t) = bearer_token(req) {
+        return Some(t.to_owned());
     }
     let query =
         actix_web::web::Query::<HashMap<String, String>>::from_query(req.query_string()).ok()?;
     query.get("token").cloned()
+}
+
+/// Whether `presented` is one of `tokens` (always true when none are set),
+/// comparing every token in constant time.
+fn token_accepted(presented: &str, tokens: &[String]) -> bool {
+    if tokens.is_empty() {
+        return true;
+    }
+    let mut ok = false;
+    for token in tokens {
+        ok |= constant_time_eq(presented.as_bytes(), token.as_bytes());
+    }
+    ok
+}
+
+/// The `--auth-tokens` check for API clients, which present their token
+/// as `Authorization: Bearer` only.
+pub fn bearer_authorized(req: &HttpRequest, tokens: &[String]) -> bool {
+    token_accepted(bearer_token(req).unwrap_or(""), tokens)
 }
 
 fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> Result<(), Refusal> {
@@ -144,11 +165,7 @@ pub fn admit(
     origin_allowed(req, &config.allowed_origins)?;
     if !config.auth_tokens.is_empty() {
         let presented = presented_token(req).unwrap_or_default();
-        let mut ok = false;
-        for token in &config.auth_tokens {
-            ok |= constant_time_eq(presented.as_bytes(), token.as_bytes());
-        }
-        if !ok {
+        if !token_accepted(&presented, &config.auth_tokens) {
             return Err(Refusal::Unauthorized);
         }
     }

@@ -31,7 +31,6 @@
 //! stream ends without `[DONE]` (the official clients raise it).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -48,16 +47,11 @@ use crate::admission;
 use crate::error::ChatError;
 use crate::protocol::{self, ChatRequest, ClientFrame};
 use crate::shared::Shared;
-use crate::upstream::{CancelChat, ChatEvent, EventKind, StartChat, Upstream};
+use crate::upstream::{next_chat_key, CancelChat, ChatEvent, EventKind, StartChat, Upstream};
 
 /// Chat events buffered between the chat task and the HTTP body; beyond
 /// this the chat's send waits for the client to read.
 const EVENT_BUFFER: usize = 16;
-
-/// Keys of HTTP chats: the high bit keeps them apart from the WebSocket
-/// sessions' keys (which count up from 1) in the shared Upstream actor.
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
-const KEY_SPACE: u64 = 1 << 63;
 
 /// Sampling parameters OpenAI clients send at the top level; they go into
 /// the chat frame's `params` (where the WebSocket rules check them).
@@ -129,33 +123,7 @@ fn chat_error_response(err: &ChatError) -> HttpResponse {
 /// Same tokens as `/ws` (`--auth-tokens`), presented as `Authorization:
 /// Bearer` (what every OpenAI client sends as its API key).
 fn authorized(req: &HttpRequest, shared: &Shared) -> bool {
-    let tokens = &shared.config.auth_tokens;
-    if tokens.is_empty() {
-        return true;
-    }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| {
-            s.strip_prefix("Bearer ")
-                .or_else(|| s.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .unwrap_or("");
-    let mut ok = false;
-    for token in tokens {
-        ok |= constant_time_eq(presented.as_bytes(), token.as_bytes());
-    }
-    ok
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::admission::bearer_authorized(req, &shared.config.auth_tokens)
 }
 
 fn unauthorized() -> HttpResponse {
@@ -550,7 +518,7 @@ async fn chat_completions(
         created: now_secs(),
         include_usage: parsed.include_usage,
     };
-    let key = KEY_SPACE | NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    let key = next_chat_key();
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let collector = Collector { tx }.start();
     let mut guard = ChatGuard::new(key, shared.clone(), state.upstream.clone());

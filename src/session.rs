@@ -9,7 +9,6 @@
 use std::cell::Cell;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
@@ -26,17 +25,13 @@ use tokio::sync::Notify;
 use crate::error::ChatError;
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
-use crate::upstream::{CancelChat, ChatEvent, EventKind, StartChat, Upstream};
+use crate::upstream::{next_chat_key, CancelChat, ChatEvent, EventKind, StartChat, Upstream};
 
 /// Unsent output above which a socket's chats stop reading their upstream
 /// until the browser catches up (a slow browser slows the upstream read).
 const LOW_WATER: u64 = 1024 * 1024;
 /// Unsent output above which the socket is closed with 1008.
 const HIGH_WATER: u64 = 4 * 1024 * 1024;
-
-/// Process-wide chat keys: a client may reuse an id once its chat ended,
-/// and a late event of the old chat must never reach the new one.
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 /// One chat in flight on this socket.
 struct Slot {
@@ -235,7 +230,7 @@ impl Session {
                         return;
                     }
                 }
-                let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+                let key = next_chat_key();
                 self.chats.push(Slot {
                     key,
                     id: request.id.clone(),

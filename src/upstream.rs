@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,6 +72,16 @@ impl EventKind {
 pub struct ChatEvent {
     pub key: u64,
     pub kind: EventKind,
+}
+
+/// Process-wide chat keys, for every front end (WebSocket sessions and the
+/// HTTP API alike): a client may reuse an id once its chat ended, and a
+/// late event of the old chat must never reach the new one.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh key for [`StartChat`], unique in this process.
+pub fn next_chat_key() -> u64 {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Start the chat `request`; its events go to `events`, tagged with `key`
