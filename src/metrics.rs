@@ -1,6 +1,8 @@
 //! Prometheus metrics (PROTOCOL.md §6), one registry per gateway so that
 //! several gateways in one process (tests) never mix their counts.
 
+use std::time::Instant;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -39,6 +41,10 @@ const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Result<Histogram, prometheus::Error> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+}
+
 impl Metrics {
     /// Registers every series in a fresh registry.
     pub fn new() -> Result<Metrics, prometheus::Error> {
@@ -57,26 +63,20 @@ impl Metrics {
             &["result"],
         )?;
         let deltas_total = IntCounter::new("netfly_deltas_total", "Delta frames sent")?;
-        let upstream_first_byte_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "netfly_upstream_first_byte_seconds",
-                "Upstream request sent to response headers",
-            )
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        let upstream_first_byte_seconds = histogram(
+            "netfly_upstream_first_byte_seconds",
+            "Upstream request sent to response headers",
+            UPSTREAM_BUCKETS,
         )?;
-        let time_to_first_delta_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "netfly_time_to_first_delta_seconds",
-                "Chat accepted to first delta queued on the WebSocket",
-            )
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        let time_to_first_delta_seconds = histogram(
+            "netfly_time_to_first_delta_seconds",
+            "Chat accepted to first delta queued on the WebSocket",
+            UPSTREAM_BUCKETS,
         )?;
-        let delta_added_latency_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "netfly_delta_added_latency_seconds",
-                "Upstream read to WebSocket frame queued, per delta",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let delta_added_latency_seconds = histogram(
+            "netfly_delta_added_latency_seconds",
+            "Upstream read to WebSocket frame queued, per delta",
+            LATENCY_BUCKETS,
         )?;
         let ws_refused_total = IntCounterVec::new(
             Opts::new(
@@ -89,16 +89,21 @@ impl Metrics {
             "netfly_ws_slow_consumer_closed_total",
             "Sockets closed with 1008 because the browser did not read",
         )?;
-        registry.register(Box::new(ws_connections.clone()))?;
-        registry.register(Box::new(chats_active.clone()))?;
-        registry.register(Box::new(chats_total.clone()))?;
-        registry.register(Box::new(upstream_attempts_total.clone()))?;
-        registry.register(Box::new(deltas_total.clone()))?;
-        registry.register(Box::new(upstream_first_byte_seconds.clone()))?;
-        registry.register(Box::new(time_to_first_delta_seconds.clone()))?;
-        registry.register(Box::new(delta_added_latency_seconds.clone()))?;
-        registry.register(Box::new(ws_refused_total.clone()))?;
-        registry.register(Box::new(ws_slow_consumer_closed_total.clone()))?;
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+            Box::new(ws_connections.clone()),
+            Box::new(chats_active.clone()),
+            Box::new(chats_total.clone()),
+            Box::new(upstream_attempts_total.clone()),
+            Box::new(deltas_total.clone()),
+            Box::new(upstream_first_byte_seconds.clone()),
+            Box::new(time_to_first_delta_seconds.clone()),
+            Box::new(delta_added_latency_seconds.clone()),
+            Box::new(ws_refused_total.clone()),
+            Box::new(ws_slow_consumer_closed_total.clone()),
+        ];
+        for c in collectors {
+            registry.register(c)?;
+        }
         Ok(Metrics {
             registry,
             ws_connections,
@@ -114,9 +119,33 @@ impl Metrics {
         })
     }
 
-    /// Counts one ended chat.
+    /// Counts one chat that ended without ever being in flight (refused).
     pub fn chat_ended(&self, outcome: &str) {
         self.chats_total.with_label_values(&[outcome]).inc();
+    }
+
+    /// A chat is now in flight.
+    pub fn chat_started(&self) {
+        self.chats_active.inc();
+    }
+
+    /// A chat that was in flight ended with `outcome`.
+    pub fn chat_finished(&self, outcome: &str) {
+        self.chats_active.dec();
+        self.chat_ended(outcome);
+    }
+
+    /// One delta handed to a client: its bytes were read from the upstream
+    /// at `read_at`; `first` when it is its chat's first (accepted at
+    /// `accepted`).
+    pub fn delta_sent(&self, read_at: Instant, accepted: Instant, first: bool) {
+        self.deltas_total.inc();
+        self.delta_added_latency_seconds
+            .observe(read_at.elapsed().as_secs_f64());
+        if first {
+            self.time_to_first_delta_seconds
+                .observe(accepted.elapsed().as_secs_f64());
+        }
     }
 
     /// Counts one upstream attempt.

@@ -301,7 +301,7 @@ struct ChatGuard {
 
 impl ChatGuard {
     fn new(key: u64, shared: Arc<Shared>, upstream: Addr<Upstream>) -> ChatGuard {
-        shared.metrics.chats_active.inc();
+        shared.metrics.chat_started();
         ChatGuard {
             key,
             shared,
@@ -314,14 +314,9 @@ impl ChatGuard {
 
     /// Counts one delta handed to the HTTP layer.
     fn delta(&mut self, read_at: Instant) {
-        let m = &self.shared.metrics;
-        m.deltas_total.inc();
-        m.delta_added_latency_seconds
-            .observe(read_at.elapsed().as_secs_f64());
-        if self.deltas == 0 {
-            m.time_to_first_delta_seconds
-                .observe(self.accepted.elapsed().as_secs_f64());
-        }
+        self.shared
+            .metrics
+            .delta_sent(read_at, self.accepted, self.deltas == 0);
         self.deltas += 1;
     }
 
@@ -329,9 +324,7 @@ impl ChatGuard {
     fn end(&mut self, outcome: &str) {
         if !self.ended {
             self.ended = true;
-            let m = &self.shared.metrics;
-            m.chats_active.dec();
-            m.chat_ended(outcome);
+            self.shared.metrics.chat_finished(outcome);
         }
     }
 }

@@ -168,9 +168,7 @@ impl Session {
     /// Removes the chat at `pos`, counting how it ended.
     fn finish(&mut self, pos: usize, outcome: &str) -> Slot {
         let slot = self.chats.remove(pos);
-        let m = &self.shared.metrics;
-        m.chats_active.dec();
-        m.chat_ended(outcome);
+        self.shared.metrics.chat_finished(outcome);
         slot
     }
 
@@ -238,7 +236,7 @@ impl Session {
                     accepted: Instant::now(),
                     deltas: 0,
                 });
-                self.shared.metrics.chats_active.inc();
+                self.shared.metrics.chat_started();
                 self.upstream.do_send(StartChat {
                     key,
                     request,
@@ -370,8 +368,7 @@ impl Actor for Session {
         let m = &self.shared.metrics;
         m.ws_connections.dec();
         for slot in self.chats.drain(..) {
-            m.chats_active.dec();
-            m.chat_ended("disconnected");
+            m.chat_finished("disconnected");
             self.upstream.do_send(CancelChat { key: slot.key });
         }
         // Wake chats waiting for this socket to drain: it never will.
@@ -515,13 +512,7 @@ impl Session {
             .to_json(),
             EventKind::Delta { text, read_at } => {
                 let frame = ServerFrame::Delta { id, content: text }.to_json();
-                m.deltas_total.inc();
-                m.delta_added_latency_seconds
-                    .observe(read_at.elapsed().as_secs_f64());
-                if slot.deltas == 0 {
-                    m.time_to_first_delta_seconds
-                        .observe(slot.accepted.elapsed().as_secs_f64());
-                }
+                m.delta_sent(*read_at, slot.accepted, slot.deltas == 0);
                 slot.deltas += 1;
                 frame
             }
