@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::error::ChatError;
+use crate::error::{redact, ChatError};
 
 /// How one upstream attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +14,7 @@ pub enum AttemptError {
     FirstByteTimeout(Duration),
     /// No body bytes within the idle timeout.
     IdleTimeout(Duration),
-    /// A non-2xx answer. `message` is the upstream's, already redacted.
+    /// A non-2xx answer. `message` is the upstream's.
     Status {
         status: u16,
         message: String,
@@ -54,6 +54,29 @@ impl AttemptError {
             AttemptError::Broken(m) => format!("stream broken: {m}"),
             AttemptError::RejectedBody(m) => format!("upstream error: {m}"),
             AttemptError::UnusableBody(m) => format!("unusable response: {m}"),
+        }
+    }
+
+    /// The same failure with every copy of `secret` (the API key, which
+    /// upstreams sometimes echo) removed from its message.
+    pub fn redacted(self, secret: Option<&str>) -> AttemptError {
+        let r = |m: String| redact(&m, secret);
+        match self {
+            AttemptError::Connect(m) => AttemptError::Connect(r(m)),
+            AttemptError::Status {
+                status,
+                message,
+                retry_after,
+            } => AttemptError::Status {
+                status,
+                message: r(message),
+                retry_after,
+            },
+            AttemptError::StreamError(m) => AttemptError::StreamError(r(m)),
+            AttemptError::Broken(m) => AttemptError::Broken(r(m)),
+            AttemptError::RejectedBody(m) => AttemptError::RejectedBody(r(m)),
+            AttemptError::UnusableBody(m) => AttemptError::UnusableBody(r(m)),
+            timeout @ (AttemptError::FirstByteTimeout(_) | AttemptError::IdleTimeout(_)) => timeout,
         }
     }
 

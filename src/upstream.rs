@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::chunk::{self, Decoded, WholeBody};
-use crate::error::{redact, ChatError};
+use crate::error::ChatError;
 use crate::protocol::{ChatRequest, UpstreamRequest};
 use crate::retry::{self, AttemptError, Verdict};
 use crate::shared::{Shared, Target};
@@ -398,7 +398,14 @@ impl ChatTask {
                     }
                 }
                 p.attempts += 1;
-                let end = self.attempt(target, client, body.clone(), p).await;
+                // Every upstream-supplied message is redacted here, once,
+                // before it can reach a frame or a log line.
+                let end = match self.attempt(target, client, body.clone(), p).await {
+                    AttemptEnd::Failed(e) => {
+                        AttemptEnd::Failed(e.redacted(target.api_key.as_deref()))
+                    }
+                    other => other,
+                };
                 self.shared.metrics.attempt(attempt_result(&end));
                 match end {
                     AttemptEnd::Finished {
@@ -604,10 +611,7 @@ impl ChatTask {
                             p.deltas += 1;
                         }
                     }
-                    Err(e) => {
-                        let msg = redact(&e.message, target.api_key.as_deref());
-                        return AttemptEnd::Failed(AttemptError::StreamError(msg));
-                    }
+                    Err(e) => return AttemptEnd::Failed(AttemptError::StreamError(e.message)),
                 }
             }
             if let Some(d) = held.take() {
@@ -644,11 +648,8 @@ impl ChatTask {
             Ok(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
             Ok(Ok(b)) => b,
         };
-        let key = target.api_key.as_deref();
         match chunk::decode_whole_body(&body) {
-            WholeBody::Error { message } => {
-                AttemptEnd::Failed(AttemptError::RejectedBody(redact(&message, key)))
-            }
+            WholeBody::Error { message } => AttemptEnd::Failed(AttemptError::RejectedBody(message)),
             WholeBody::Other(what) => AttemptEnd::Failed(AttemptError::UnusableBody(what)),
             WholeBody::Completion {
                 content,
@@ -686,7 +687,7 @@ impl ChatTask {
     }
 }
 
-/// A non-2xx answer: its message (redacted) and `Retry-After`.
+/// A non-2xx answer: its message and `Retry-After`.
 async fn status_error(target: &Target, resp: &mut Resp) -> AttemptError {
     let status = resp.status().as_u16();
     let retry_after = resp
@@ -699,10 +700,7 @@ async fn status_error(target: &Target, resp: &mut Resp) -> AttemptError {
         Ok(Ok(b)) => b,
         _ => Bytes::new(),
     };
-    let message = redact(
-        &chunk::error_message_from_body(&body),
-        target.api_key.as_deref(),
-    );
+    let message = chunk::error_message_from_body(&body);
     AttemptError::Status {
         status,
         message,
@@ -712,11 +710,10 @@ async fn status_error(target: &Target, resp: &mut Resp) -> AttemptError {
 
 fn send_error(target: &Target, e: awc::error::SendRequestError) -> AttemptError {
     use awc::error::SendRequestError as E;
-    let key = target.api_key.as_deref();
     match e {
         E::Timeout => AttemptError::FirstByteTimeout(target.policy.first_byte_timeout),
-        E::Connect(c) => AttemptError::Connect(redact(&connect_reason(&c), key)),
-        other => AttemptError::Connect(redact(&other.to_string(), key)),
+        E::Connect(c) => AttemptError::Connect(connect_reason(&c)),
+        other => AttemptError::Connect(other.to_string()),
     }
 }
 

@@ -192,3 +192,50 @@ fn redact_removes_every_copy_of_the_key() {
     assert_eq!(out, "bad key [redacted] ([redacted])");
     assert_eq!(netfly::error::redact("fine", None), "fine");
 }
+
+#[test]
+fn redacted_attempt_errors_keep_everything_but_the_key() {
+    let key = Some("sk-secret");
+    let err = AttemptError::Status {
+        status: 401,
+        message: "bad key sk-secret".into(),
+        retry_after: Some(ms(5)),
+    }
+    .redacted(key);
+    assert_eq!(
+        err,
+        AttemptError::Status {
+            status: 401,
+            message: "bad key [redacted]".into(),
+            retry_after: Some(ms(5)),
+        }
+    );
+    for (made, want) in [
+        (
+            AttemptError::Connect("x sk-secret".into()),
+            AttemptError::Connect("x [redacted]".into()),
+        ),
+        (
+            AttemptError::StreamError("sk-secret".into()),
+            AttemptError::StreamError("[redacted]".into()),
+        ),
+        (
+            AttemptError::Broken("sk-secret".into()),
+            AttemptError::Broken("[redacted]".into()),
+        ),
+        (
+            AttemptError::RejectedBody("sk-secret".into()),
+            AttemptError::RejectedBody("[redacted]".into()),
+        ),
+        (
+            AttemptError::IdleTimeout(ms(3)),
+            AttemptError::IdleTimeout(ms(3)),
+        ),
+    ] {
+        assert_eq!(made.redacted(key), want);
+    }
+    assert_eq!(
+        AttemptError::Connect("sk-secret".into()).redacted(None),
+        AttemptError::Connect("sk-secret".into())
+    );
+}
