@@ -202,6 +202,26 @@ fn int<T: std::str::FromStr + PartialOrd + Copy>(
     }
 }
 
+/// A count that must be at least 1.
+fn at_least_one<T: std::str::FromStr + PartialOrd + Copy + From<u8>>(
+    raw: Option<Raw>,
+    default: T,
+) -> Result<T, String> {
+    int(raw, default, T::from(1), "expected a whole number ≥ 1")
+}
+
+/// An optional limit: a whole number, 0 (the default) meaning none.
+fn limit<T: std::str::FromStr + PartialOrd + Copy + From<u8>>(
+    raw: Option<Raw>,
+) -> Result<T, String> {
+    int(
+        raw,
+        T::from(0),
+        T::from(0),
+        "expected a whole number (0 = no limit)",
+    )
+}
+
 fn millis(raw: Option<Raw>, default: u64, min: u64) -> Result<Duration, String> {
     let what = if min == 0 {
         "expected a whole number of milliseconds"
@@ -334,6 +354,10 @@ impl Config {
     }
 
     fn resolve(f: Flags, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
+        // A duration flag: its value, default and minimum (ms).
+        let ms = |flag: Option<String>, name: &str, default: u64, min: u64| {
+            millis(pick(flag, name, lookup), default, min)
+        };
         let bind = parse_bind(pick(f.bind, "bind", lookup))?;
         let file = match pick(f.config, "config", lookup) {
             None => None,
@@ -413,48 +437,27 @@ impl Config {
                 models
             }
         };
-        let max_attempts = int(
-            pick(f.max_attempts, "max-attempts", lookup),
-            5u32,
-            1,
-            "expected a whole number ≥ 1",
-        )?;
-        let backoff_base = millis(pick(f.backoff_base_ms, "backoff-base-ms", lookup), 500, 0)?;
-        let backoff_max = millis(pick(f.backoff_max_ms, "backoff-max-ms", lookup), 8000, 0)?;
-        let connect_timeout = millis(
-            pick(f.connect_timeout_ms, "connect-timeout-ms", lookup),
-            10_000,
-            1,
-        )?;
-        let first_byte_timeout = millis(
-            pick(f.first_byte_timeout_ms, "first-byte-timeout-ms", lookup),
-            60_000,
-            1,
-        )?;
-        let idle_timeout = millis(
-            pick(f.idle_timeout_ms, "idle-timeout-ms", lookup),
-            60_000,
-            1,
-        )?;
+        let max_attempts = at_least_one(pick(f.max_attempts, "max-attempts", lookup), 5u32)?;
+        let backoff_base = ms(f.backoff_base_ms, "backoff-base-ms", 500, 0)?;
+        let backoff_max = ms(f.backoff_max_ms, "backoff-max-ms", 8000, 0)?;
+        let connect_timeout = ms(f.connect_timeout_ms, "connect-timeout-ms", 10_000, 1)?;
+        let first_byte_timeout = ms(f.first_byte_timeout_ms, "first-byte-timeout-ms", 60_000, 1)?;
+        let idle_timeout = ms(f.idle_timeout_ms, "idle-timeout-ms", 60_000, 1)?;
         let allowed_origins = parse_origins(pick(f.allowed_origins, "allowed-origins", lookup))?;
         let auth_tokens = pick(f.auth_tokens, "auth-tokens", lookup)
             .map(|r| list(&r.value))
             .unwrap_or_default();
-        let max_connections = int(
+        let max_connections = at_least_one(
             pick(f.max_connections, "max-connections", lookup),
             10_000usize,
-            1,
-            "expected a whole number ≥ 1",
         )?;
-        let max_streams_per_connection = int(
+        let max_streams_per_connection = at_least_one(
             pick(
                 f.max_streams_per_connection,
                 "max-streams-per-connection",
                 lookup,
             ),
             4usize,
-            1,
-            "expected a whole number ≥ 1",
         )?;
         let max_frame_bytes = int(
             pick(f.max_frame_bytes, "max-frame-bytes", lookup),
@@ -462,22 +465,16 @@ impl Config {
             128,
             "expected a whole number of bytes ≥ 128",
         )?;
-        let max_connections_per_ip = int(
-            pick(f.max_connections_per_ip, "max-connections-per-ip", lookup),
-            0usize,
-            0,
-            "expected a whole number (0 = no limit)",
-        )?;
-        let max_chats_per_minute_per_ip = int(
-            pick(
-                f.max_chats_per_minute_per_ip,
-                "max-chats-per-minute-per-ip",
-                lookup,
-            ),
-            0u32,
-            0,
-            "expected a whole number (0 = no limit)",
-        )?;
+        let max_connections_per_ip = limit(pick(
+            f.max_connections_per_ip,
+            "max-connections-per-ip",
+            lookup,
+        ))?;
+        let max_chats_per_minute_per_ip = limit(pick(
+            f.max_chats_per_minute_per_ip,
+            "max-chats-per-minute-per-ip",
+            lookup,
+        ))?;
         let trusted_proxies = match pick(f.trusted_proxies, "trusted-proxies", lookup) {
             None => Vec::new(),
             Some(raw) => {
@@ -491,26 +488,10 @@ impl Config {
                 out
             }
         };
-        let heartbeat_interval = millis(
-            pick(f.heartbeat_interval_ms, "heartbeat-interval-ms", lookup),
-            10_000,
-            1,
-        )?;
-        let client_timeout = millis(
-            pick(f.client_timeout_ms, "client-timeout-ms", lookup),
-            30_000,
-            1,
-        )?;
-        let demo_word_delay = millis(
-            pick(f.demo_word_delay_ms, "demo-word-delay-ms", lookup),
-            40,
-            0,
-        )?;
-        let shutdown_grace = millis(
-            pick(f.shutdown_grace_ms, "shutdown-grace-ms", lookup),
-            10_000,
-            0,
-        )?;
+        let heartbeat_interval = ms(f.heartbeat_interval_ms, "heartbeat-interval-ms", 10_000, 1)?;
+        let client_timeout = ms(f.client_timeout_ms, "client-timeout-ms", 30_000, 1)?;
+        let demo_word_delay = ms(f.demo_word_delay_ms, "demo-word-delay-ms", 40, 0)?;
+        let shutdown_grace = ms(f.shutdown_grace_ms, "shutdown-grace-ms", 10_000, 0)?;
         for model in &models {
             let served = upstreams.iter().any(|u| match u {
                 UpstreamSpec::Provider(p) => p.upstream_model(model).is_some(),
@@ -521,12 +502,7 @@ impl Config {
             }
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = int(
-            pick(f.workers, "workers", lookup),
-            cores,
-            1,
-            "expected a whole number ≥ 1",
-        )?;
+        let workers = at_least_one(pick(f.workers, "workers", lookup), cores)?;
         Ok(Config {
             bind,
             upstreams,
