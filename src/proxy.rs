@@ -834,11 +834,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ProxyStream<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(rw) = this.rewrite.as_mut() {
-            match rw.poll_drain(&mut this.io, cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            // Rewritten bytes still buffered go out first.
+            std::task::ready!(rw.poll_drain(&mut this.io, cx))?;
         }
         Pin::new(&mut this.io).poll_flush(cx)
     }
@@ -846,11 +843,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ProxyStream<IO> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(rw) = this.rewrite.as_mut() {
-            match rw.poll_drain(&mut this.io, cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
+            // Rewritten bytes still buffered go out first.
+            std::task::ready!(rw.poll_drain(&mut this.io, cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
