@@ -72,8 +72,11 @@ impl Stream for Counted {
         let polled = self.inner.as_mut().poll_next(cx);
         if let Poll::Ready(Some(Ok(bytes))) = &polled {
             let out = &self.output;
+            let before = out.unsent();
             out.flushed.set(out.flushed.get() + bytes.len() as u64);
-            if out.unsent() < LOW_WATER {
+            // Chats wait only while the output is above the low-water mark:
+            // wake them when it crosses back below, not on every write.
+            if before >= LOW_WATER && out.unsent() < LOW_WATER {
                 out.drained.notify_waiters();
             }
         }
