@@ -8,11 +8,10 @@ use std::net::SocketAddr;
 
 use netfly::chunk::{decode_event, Decoded};
 use netfly::sse::{Event, Parser};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::sys::now_ns;
-use crate::ws::find;
+use crate::ws::{find, read_more};
 
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -53,16 +52,7 @@ impl Direct {
     }
 
     async fn read_more(&mut self) -> io::Result<()> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.reserve(16 * 1024);
-        let n = self.stream.read_buf(&mut self.buf).await?;
-        self.last_read_ns = now_ns();
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        self.last_read_ns = read_more(&mut self.stream, &mut self.buf, &mut self.start).await?;
         Ok(())
     }
 

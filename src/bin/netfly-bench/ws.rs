@@ -16,6 +16,26 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_MESSAGE: usize = 8 * 1024 * 1024;
 
 /// One client socket.
+/// Drops the consumed prefix `..*start` of `buf`, then reads more bytes
+/// into it; returns the read's CLOCK_MONOTONIC time (EOF is an error).
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+) -> io::Result<u64> {
+    if *start > 0 {
+        buf.drain(..*start);
+        *start = 0;
+    }
+    buf.reserve(16 * 1024);
+    let n = stream.read_buf(buf).await?;
+    let at = now_ns();
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(at)
+}
+
 pub struct Ws {
     stream: TcpStream,
     buf: Vec<u8>,
@@ -84,16 +104,7 @@ impl Ws {
     }
 
     async fn read_more(&mut self) -> io::Result<()> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.reserve(16 * 1024);
-        let n = self.stream.read_buf(&mut self.buf).await?;
-        self.last_read_ns = now_ns();
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        self.last_read_ns = read_more(&mut self.stream, &mut self.buf, &mut self.start).await?;
         Ok(())
     }
 
