@@ -74,7 +74,8 @@ impl Params {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks every set field against its allowed range.
+    pub fn validate(&self) -> Result<(), String> {
         fn range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), String> {
             match v {
                 Some(x) if !(lo..=hi).contains(&x) => Err(format!(

@@ -8,20 +8,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::protocol::Stop;
-
-/// Default sampling params a provider applies unless the client sets them.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderDefaults {
-    pub temperature: Option<f64>,
-    pub top_p: Option<f64>,
-    pub presence_penalty: Option<f64>,
-    pub frequency_penalty: Option<f64>,
-    pub max_tokens: Option<u64>,
-    pub stop: Option<Stop>,
-    pub seed: Option<i64>,
-}
+use crate::protocol::Params;
 
 /// One named upstream of the file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -42,7 +29,9 @@ pub struct Provider {
     #[serde(default)]
     pub models: toml::Table,
     #[serde(default)]
-    pub defaults: ProviderDefaults,
+    /// Sampling params applied unless the client sets them: the same
+    /// whitelist and ranges as a client's `params`.
+    pub defaults: Params,
     /// Outbound HTTP proxy for this upstream (`http://[user:pass@]host:port`).
     pub proxy: Option<String>,
     pub max_attempts: Option<u32>,
@@ -134,6 +123,9 @@ impl ProviderFile {
                     return Err(format!("upstream {:?}: invalid header {k:?}", p.name));
                 }
             }
+            p.defaults
+                .validate()
+                .map_err(|e| format!("upstream {:?}: defaults: {e}", p.name))?;
             for (k, v) in &p.models {
                 if !v.is_str() {
                     return Err(format!(

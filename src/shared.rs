@@ -108,7 +108,6 @@ pub fn build_targets(config: &Config, demo_url: Option<&str>) -> Vec<Target> {
 
 fn from_provider(p: &Provider, global: &Policy, config: &Config) -> Target {
     let ms = |v: Option<u64>, d: Duration| v.map(Duration::from_millis).unwrap_or(d);
-    let d = &p.defaults;
     Target {
         name: p.name.clone(),
         url: p.url.clone(),
@@ -133,15 +132,7 @@ fn from_provider(p: &Provider, global: &Policy, config: &Config) -> Target {
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
             .collect(),
-        defaults: Params {
-            temperature: d.temperature,
-            top_p: d.top_p,
-            presence_penalty: d.presence_penalty,
-            frequency_penalty: d.frequency_penalty,
-            max_tokens: d.max_tokens,
-            stop: d.stop.clone(),
-            seed: d.seed,
-        },
+        defaults: p.defaults.clone(),
         policy: Policy {
             max_attempts: p.max_attempts.unwrap_or(global.max_attempts),
             backoff: Backoff {
