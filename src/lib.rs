@@ -3,6 +3,7 @@
 //! big picture and `../shared/PROTOCOL.md` for the wire contract.
 
 pub mod admission;
+pub mod assets;
 pub mod chunk;
 pub mod config;
 pub mod demo;

@@ -10,6 +10,7 @@ use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
 use crate::admission::{self, Connections, Refusal};
+use crate::assets;
 use crate::config::{Config, UpstreamSpec};
 use crate::demo::{self, Demo};
 use crate::metrics::Metrics;
@@ -17,10 +18,6 @@ use crate::session;
 use crate::shared::{build_targets, Shared};
 use crate::upstream::Upstream;
 
-/// The demo page and its assets, embedded so the binary runs from anywhere.
-const INDEX_HTML: &str = include_str!("../static/index.html");
-const APP_JS: &str = include_str!("../static/app.js");
-const STYLE_CSS: &str = include_str!("../static/style.css");
 
 /// What every request handler of one worker can reach.
 struct State {
@@ -100,7 +97,7 @@ async fn metrics_route(state: web::Data<State>) -> HttpResponse {
         .body(state.shared.metrics.render())
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> HttpResponse {
+fn asset(body: &'static [u8], content_type: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -109,14 +106,14 @@ fn asset(body: &'static str, content_type: &'static str) -> HttpResponse {
 }
 
 async fn index() -> HttpResponse {
-    asset(INDEX_HTML, "text/html; charset=utf-8")
+    asset(assets::INDEX_HTML, "text/html; charset=utf-8")
 }
 
 async fn static_file(path: web::Path<String>) -> HttpResponse {
-    match path.as_str() {
-        "app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
-        "style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
-        _ => HttpResponse::NotFound().body("not found\n"),
+    match assets::find(path.as_str()) {
+        Some(a) => asset(a.body, assets::content_type(a.name)),
+        None => HttpResponse::NotFound().body("not found
+"),
     }
 }
 
