@@ -1,6 +1,6 @@
 //! Criterion benchmark of the per-token hot path without any I/O: the SSE
-//! parser (`netfly::sse::Parser`) and the chunk decoder
-//! (`netfly::chunk::decode_event`) on a typical OpenAI chat-completions
+//! parser (`netfly::upstream::sse::Parser`) and the chunk decoder
+//! (`netfly::upstream::completion::decode_event`) on a typical OpenAI chat-completions
 //! stream. Reports MB/s (bytes of body) and, per event, ns.
 //!
 //! Run: `cargo bench --bench sse` (see docs/PERFORMANCE.md).
@@ -8,8 +8,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use netfly::chunk::{decode_event, Decoded};
-use netfly::sse::{Event, Parser};
+use netfly::upstream::completion::{decode_event, Decoded};
+use netfly::upstream::sse::{Event, Parser};
 
 /// Tokens as a real model streams them: short words with their leading
 /// space, punctuation, a newline, a quote and some non-ASCII text.

@@ -4,20 +4,15 @@
 
 pub mod admission;
 pub mod assets;
-pub mod chunk;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod openai_api;
 pub mod protocol;
-pub mod providers;
-pub mod proxy;
-pub mod retry;
 pub mod server;
 pub mod session;
 pub mod shared;
-pub mod sse;
 pub mod upstream;
 
 pub use config::Config;

@@ -15,9 +15,9 @@ use crate::config::{Config, UpstreamSpec};
 use crate::demo::{self, Demo};
 use crate::metrics::Metrics;
 use crate::session;
-use crate::shared::{build_targets, Shared};
+use crate::shared::Shared;
+use crate::upstream::target::build_targets;
 use crate::upstream::Upstream;
-
 
 /// What every request handler of one worker can reach.
 struct State {
@@ -112,8 +112,10 @@ async fn index() -> HttpResponse {
 async fn static_file(path: web::Path<String>) -> HttpResponse {
     match assets::find(path.as_str()) {
         Some(a) => asset(a.body, assets::content_type(a.name)),
-        None => HttpResponse::NotFound().body("not found
-"),
+        None => HttpResponse::NotFound().body(
+            "not found
+",
+        ),
     }
 }
 

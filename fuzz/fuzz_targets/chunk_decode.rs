@@ -4,8 +4,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use netfly::chunk::{decode_event, decode_whole_body, error_message_from_body, Decoded};
-use netfly::sse::Event;
+use netfly::upstream::completion::{decode_event, decode_whole_body, error_message_from_body, Decoded};
+use netfly::upstream::sse::Event;
 
 #[derive(Arbitrary, Debug)]
 struct Input {

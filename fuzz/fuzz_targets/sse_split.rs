@@ -4,7 +4,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use netfly::sse::{Event, Parser};
+use netfly::upstream::sse::{Event, Parser};
 
 #[derive(Arbitrary, Debug)]
 struct Input {

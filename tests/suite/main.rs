@@ -5,7 +5,7 @@
 mod support;
 
 mod browser;
-mod chunk;
+mod completion;
 mod config;
 mod gateway;
 mod hardening;

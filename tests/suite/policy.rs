@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use netfly::error::ChatError;
-use netfly::retry::{classify, exhausted, parse_retry_after, AttemptError, Backoff, Verdict};
+use netfly::upstream::retry::{
+    classify, exhausted, parse_retry_after, AttemptError, Backoff, Verdict,
+};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use netfly::providers::ProviderFile;
+use netfly::config::providers::ProviderFile;
 use netfly::{Config, Gateway};
 use serde_json::json;
 

@@ -1,4 +1,4 @@
-//! Outbound proxy support (`netfly::proxy`): proxy URL and `NO_PROXY`
+//! Outbound proxy support (`netfly::upstream::proxy`): proxy URL and `NO_PROXY`
 //! parsing, the absolute-form request rewrite, and awc streaming through a
 //! real forward proxy — Debian's `tinyproxy`, started by each test on a free
 //! 127.0.0.1 port with its own config and log file (install it with
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use actix_service::Service as _;
 use actix_tls::connect::ConnectInfo;
 use futures_util::StreamExt as _;
-use netfly::proxy::{self, NoProxy, ProxySpec, ProxyStream};
+use netfly::upstream::proxy::{self, NoProxy, ProxySpec, ProxyStream};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -1,7 +1,7 @@
 //! Tests of the incremental SSE parser: WHATWG examples, line ends, BOM,
 //! UTF-8, and every way of splitting each input across pushes.
 
-use netfly::sse::{Event, Parser};
+use netfly::upstream::sse::{Event, Parser};
 
 fn ev(data: &str) -> Event {
     Event {

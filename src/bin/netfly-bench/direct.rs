@@ -6,8 +6,8 @@
 use std::io;
 use std::net::SocketAddr;
 
-use netfly::chunk::{decode_event, Decoded};
-use netfly::sse::{Event, Parser};
+use netfly::upstream::completion::{decode_event, Decoded};
+use netfly::upstream::sse::{Event, Parser};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

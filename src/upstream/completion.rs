@@ -15,7 +15,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde::Deserialize as DeriveDeserialize;
 use serde_json::{Map, Value};
 
-use crate::sse::Event;
+use crate::upstream::sse::Event;
 
 /// Longest upstream message passed on, in chars (including the "…").
 const MAX_MESSAGE_CHARS: usize = 500;

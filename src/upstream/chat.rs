@@ -1,16 +1,9 @@
-//! The Upstream actor: owns this worker's HTTP client and the retry policy,
-//! and runs each chat as its own spawned task (PROTOCOL.md §4).
-//!
-//! A chat task POSTs to the configured upstreams in order, retrying
-//! transient failures with backoff until the first delta has gone to the
-//! client (the commit point), parses the SSE body incrementally and sends
-//! every fragment back through a `Recipient<ChatEvent>` with a bounded,
-//! awaited send. Cancelling a chat aborts its task, which drops the awc
-//! response and with it the upstream connection.
+//! One chat, from its first attempt to its terminal event: POSTs to the
+//! upstreams of its route in order, retries transient failures with backoff
+//! until the commit point, reads the SSE body incrementally and hands every
+//! fragment to its recipient with a bounded, awaited send.
 
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,14 +12,15 @@ use awc::http::header;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::Value;
-use tokio::task::JoinHandle;
 
-use crate::chunk::{self, Decoded, WholeBody};
+use super::completion::{self, Decoded, WholeBody};
+use super::retry::{self, AttemptError, Verdict};
+use super::sse;
+use super::target::Target;
+use super::{ChatEvent, EventKind};
 use crate::error::ChatError;
 use crate::protocol::{ChatRequest, UpstreamRequest};
-use crate::retry::{self, AttemptError, Verdict};
-use crate::shared::{Shared, Target};
-use crate::sse;
+use crate::shared::Shared;
 
 /// Largest error body read from a failed upstream answer.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -35,191 +29,6 @@ const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
 /// After `[DONE]`, how long the rest of the body may take to arrive so that
 /// the connection can go back to the pool instead of being closed.
 const DRAIN_AFTER_DONE: Duration = Duration::from_millis(500);
-
-/// What a chat tells whoever started it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EventKind {
-    /// An upstream answered 2xx (sent at most once per chat).
-    Start { upstream: String, attempt: u32 },
-    /// A new attempt is about to be made after `delay`.
-    Retry {
-        attempt: u32,
-        delay: Duration,
-        reason: String,
-    },
-    /// One content fragment, exactly as the upstream sent it, with the
-    /// moment its bytes were read from the upstream.
-    Delta { text: String, read_at: Instant },
-    /// The chat finished.
-    Done {
-        finish_reason: String,
-        usage: Option<Value>,
-    },
-    /// The chat failed.
-    Failed(ChatError),
-}
-
-impl EventKind {
-    /// Whether nothing follows this event for its chat.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, EventKind::Done { .. } | EventKind::Failed(_))
-    }
-}
-
-/// One event of the chat `key`, sent to the chat's recipient.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ChatEvent {
-    pub key: u64,
-    pub kind: EventKind,
-}
-
-/// Process-wide chat keys, for every front end (WebSocket sessions and the
-/// HTTP API alike): a client may reuse an id once its chat ended, and a
-/// late event of the old chat must never reach the new one.
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh key for [`StartChat`], unique in this process.
-pub fn next_chat_key() -> u64 {
-    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Start the chat `request`; its events go to `events`, tagged with `key`
-/// (unique per process, so a reused client id never receives stale events).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StartChat {
-    pub key: u64,
-    pub request: ChatRequest,
-    pub events: Recipient<ChatEvent>,
-}
-
-/// Drop the chat `key` now (its upstream connection is closed).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CancelChat {
-    pub key: u64,
-}
-
-/// Internal: the chat task `key` has ended on its own.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ChatFinished {
-    key: u64,
-}
-
-/// One per worker: the awc client (not `Send`) and the running chats.
-pub struct Upstream {
-    shared: Arc<Shared>,
-    /// One client per target (its own timeouts, proxy and connection pool).
-    clients: Rc<[awc::Client]>,
-    tasks: HashMap<u64, JoinHandle<()>>,
-}
-
-impl Upstream {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        let no_proxy = shared.config.no_proxy.as_deref();
-        let clients = shared
-            .targets
-            .iter()
-            .map(|t| build_client(t, no_proxy))
-            .collect();
-        Upstream {
-            shared,
-            clients,
-            tasks: HashMap::new(),
-        }
-    }
-}
-
-/// The HTTP client of one target: TCP_NODELAY, no connection limit, pooled
-/// keep-alive, the target's connect and first-byte timeouts, no redirects.
-pub fn build_client(target: &Target, no_proxy: Option<&str>) -> awc::Client {
-    let policy = &target.policy;
-    // Proxy URLs were validated when the configuration was read.
-    let proxy = target.proxy.as_deref().and_then(|url| {
-        match crate::proxy::ProxySpec::parse(url, no_proxy) {
-            Ok(spec) => Some(Arc::new(spec)),
-            Err(e) => {
-                log::error!("upstream {}: {e}; connecting directly", target.name);
-                None
-            }
-        }
-    });
-    // Direct or through the proxy; TCP_NODELAY either way.
-    let tcp = crate::proxy::tcp_connector(proxy);
-    let connector = awc::Connector::new()
-        .connector(tcp)
-        .timeout(policy.connect_timeout)
-        .handshake_timeout(policy.connect_timeout)
-        .limit(0)
-        .conn_keep_alive(Duration::from_secs(30))
-        .conn_lifetime(Duration::from_secs(300));
-    awc::Client::builder()
-        .connector(connector)
-        .timeout(policy.first_byte_timeout)
-        .disable_redirects()
-        .finish()
-}
-
-impl Actor for Upstream {
-    type Context = Context<Self>;
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        for (_, task) in self.tasks.drain() {
-            task.abort();
-        }
-    }
-}
-
-impl Handler<StartChat> for Upstream {
-    type Result = ();
-
-    fn handle(&mut self, msg: StartChat, ctx: &mut Self::Context) {
-        let key = msg.key;
-        let chat = ChatTask {
-            shared: self.shared.clone(),
-            clients: self.clients.clone(),
-            key,
-            events: msg.events,
-            request: msg.request,
-        };
-        let me = ctx.address();
-        let events = chat.events.clone();
-        let handle = actix_rt::spawn(async move {
-            // A panic inside one chat ends that chat only, with an error.
-            let run = std::panic::AssertUnwindSafe(chat.run());
-            if futures_util::FutureExt::catch_unwind(run).await.is_err() {
-                log::error!("chat task panicked; ending that chat only");
-                let err = ChatError::UpstreamBroken("internal error in the gateway".into());
-                events.do_send(ChatEvent {
-                    key,
-                    kind: EventKind::Failed(err),
-                });
-            }
-            me.do_send(ChatFinished { key });
-        });
-        self.tasks.insert(key, handle);
-    }
-}
-
-impl Handler<CancelChat> for Upstream {
-    type Result = ();
-
-    fn handle(&mut self, msg: CancelChat, _: &mut Self::Context) {
-        if let Some(task) = self.tasks.remove(&msg.key) {
-            task.abort();
-        }
-    }
-}
-
-impl Handler<ChatFinished> for Upstream {
-    type Result = ();
-
-    fn handle(&mut self, msg: ChatFinished, _: &mut Self::Context) {
-        self.tasks.remove(&msg.key);
-    }
-}
 
 /// How one attempt ended.
 enum AttemptEnd {
@@ -246,12 +55,12 @@ struct Progress {
 }
 
 /// One chat, from its first attempt to its terminal event.
-struct ChatTask {
-    shared: Arc<Shared>,
-    clients: Rc<[awc::Client]>,
-    key: u64,
-    events: Recipient<ChatEvent>,
-    request: ChatRequest,
+pub(super) struct ChatTask {
+    pub(super) shared: Arc<Shared>,
+    pub(super) clients: Rc<[awc::Client]>,
+    pub(super) key: u64,
+    pub(super) events: Recipient<ChatEvent>,
+    pub(super) request: ChatRequest,
 }
 
 /// Logs the chat's outcome once, however the task ends (even when aborted).
@@ -308,7 +117,7 @@ impl ChatTask {
             .is_ok()
     }
 
-    async fn run(self) {
+    pub(super) async fn run(self) {
         if self.shared.config.fault_injection
             && self
                 .request
@@ -564,7 +373,7 @@ impl ChatTask {
             // last one keeps the backpressure.
             let mut held: Option<EventKind> = None;
             for ev in events.drain(..) {
-                let decoded = chunk::decode_event(&ev);
+                let decoded = completion::decode_event(&ev);
                 if !matches!(
                     decoded,
                     Ok(Decoded::Heartbeat)
@@ -648,7 +457,7 @@ impl ChatTask {
             Ok(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
             Ok(Ok(b)) => b,
         };
-        match chunk::decode_whole_body(&body) {
+        match completion::decode_whole_body(&body) {
             WholeBody::Error { message } => AttemptEnd::Failed(AttemptError::RejectedBody(message)),
             WholeBody::Other(what) => AttemptEnd::Failed(AttemptError::UnusableBody(what)),
             WholeBody::Completion {
@@ -700,7 +509,7 @@ async fn status_error(target: &Target, resp: &mut Resp) -> AttemptError {
         Ok(Ok(b)) => b,
         _ => Bytes::new(),
     };
-    let message = chunk::error_message_from_body(&body);
+    let message = completion::error_message_from_body(&body);
     AttemptError::Status {
         status,
         message,

@@ -1,9 +1,9 @@
 //! Tests of chunk / body interpretation (PROTOCOL.md section 4).
 
-use netfly::chunk::{
+use netfly::upstream::completion::{
     decode_event, decode_whole_body, error_message_from_body, Decoded, StreamError, WholeBody,
 };
-use netfly::sse::{Event, Parser};
+use netfly::upstream::sse::{Event, Parser};
 use serde_json::json;
 
 fn data(d: &str) -> Event {

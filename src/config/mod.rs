@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub mod providers;
+
 /// Where chats are sent: the built-in demo upstream or a real URL.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpstreamSpec {
@@ -19,7 +21,7 @@ pub enum UpstreamSpec {
     /// A chat-completions URL (`http://` or `https://`).
     Url(String),
     /// A named upstream of the provider file.
-    Provider(Box<crate::providers::Provider>),
+    Provider(Box<crate::config::providers::Provider>),
 }
 
 /// Which browser origins may open `/ws`.
@@ -361,9 +363,9 @@ impl Config {
         let bind = parse_bind(pick(f.bind, "bind", lookup))?;
         let file = match pick(f.config, "config", lookup) {
             None => None,
-            Some(raw) => Some(crate::providers::ProviderFile::load(std::path::Path::new(
-                raw.value.trim(),
-            ))?),
+            Some(raw) => Some(crate::config::providers::ProviderFile::load(
+                std::path::Path::new(raw.value.trim()),
+            )?),
         };
         let upstream_raw = pick(f.upstream, "upstream", lookup);
         let mut routes = std::collections::BTreeMap::new();
@@ -374,7 +376,7 @@ impl Config {
                 let mut specs = Vec::with_capacity(file.upstreams.len());
                 for p in &file.upstreams {
                     if let Some(px) = &p.proxy {
-                        crate::proxy::ProxySpec::parse(px, None)
+                        crate::upstream::proxy::ProxySpec::parse(px, None)
                             .map_err(|e| format!("upstream {:?}: proxy: {e}", p.name))?;
                     }
                     let mut p = p.clone();
@@ -400,11 +402,11 @@ impl Config {
             .filter(|p| !p.is_empty());
         let no_proxy = pick(f.no_proxy, "no-proxy", lookup).map(|r| r.value);
         if let Some(list) = &no_proxy {
-            crate::proxy::NoProxy::parse(list)
+            crate::upstream::proxy::NoProxy::parse(list)
                 .map_err(|e| format!("invalid --no-proxy / NETFLY_NO_PROXY: {e}"))?;
         }
         if let Some(url) = &proxy {
-            crate::proxy::ProxySpec::parse(url, None)
+            crate::upstream::proxy::ProxySpec::parse(url, None)
                 .map_err(|e| format!("invalid --proxy / NETFLY_PROXY: {e}"))?;
         }
         let api_key = pick(f.api_key, "api-key", lookup)

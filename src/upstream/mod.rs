@@ -1,0 +1,218 @@
+//! The Upstream actor: owns this worker's HTTP client and the retry policy,
+//! and runs each chat as its own spawned task (PROTOCOL.md §4).
+//!
+//! A chat task POSTs to the configured upstreams in order, retrying
+//! transient failures with backoff until the first delta has gone to the
+//! client (the commit point), parses the SSE body incrementally and sends
+//! every fragment back through a `Recipient<ChatEvent>` with a bounded,
+//! awaited send. Cancelling a chat aborts its task, which drops the awc
+//! response and with it the upstream connection.
+
+pub mod completion;
+pub mod proxy;
+pub mod retry;
+pub mod sse;
+pub mod target;
+
+mod chat;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::error::ChatError;
+use crate::protocol::ChatRequest;
+use crate::shared::Shared;
+use chat::ChatTask;
+use target::Target;
+
+/// What a chat tells whoever started it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// An upstream answered 2xx (sent at most once per chat).
+    Start { upstream: String, attempt: u32 },
+    /// A new attempt is about to be made after `delay`.
+    Retry {
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
+    /// One content fragment, exactly as the upstream sent it, with the
+    /// moment its bytes were read from the upstream.
+    Delta { text: String, read_at: Instant },
+    /// The chat finished.
+    Done {
+        finish_reason: String,
+        usage: Option<Value>,
+    },
+    /// The chat failed.
+    Failed(ChatError),
+}
+
+impl EventKind {
+    /// Whether nothing follows this event for its chat.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, EventKind::Done { .. } | EventKind::Failed(_))
+    }
+}
+
+/// One event of the chat `key`, sent to the chat's recipient.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChatEvent {
+    pub key: u64,
+    pub kind: EventKind,
+}
+
+/// Process-wide chat keys, for every front end (WebSocket sessions and the
+/// HTTP API alike): a client may reuse an id once its chat ended, and a
+/// late event of the old chat must never reach the new one.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh key for [`StartChat`], unique in this process.
+pub fn next_chat_key() -> u64 {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Start the chat `request`; its events go to `events`, tagged with `key`
+/// (unique per process, so a reused client id never receives stale events).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartChat {
+    pub key: u64,
+    pub request: ChatRequest,
+    pub events: Recipient<ChatEvent>,
+}
+
+/// Drop the chat `key` now (its upstream connection is closed).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelChat {
+    pub key: u64,
+}
+
+/// Internal: the chat task `key` has ended on its own.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ChatFinished {
+    key: u64,
+}
+
+/// One per worker: the awc client (not `Send`) and the running chats.
+pub struct Upstream {
+    shared: Arc<Shared>,
+    /// One client per target (its own timeouts, proxy and connection pool).
+    clients: Rc<[awc::Client]>,
+    tasks: HashMap<u64, JoinHandle<()>>,
+}
+
+impl Upstream {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        let no_proxy = shared.config.no_proxy.as_deref();
+        let clients = shared
+            .targets
+            .iter()
+            .map(|t| build_client(t, no_proxy))
+            .collect();
+        Upstream {
+            shared,
+            clients,
+            tasks: HashMap::new(),
+        }
+    }
+}
+
+/// The HTTP client of one target: TCP_NODELAY, no connection limit, pooled
+/// keep-alive, the target's connect and first-byte timeouts, no redirects.
+pub fn build_client(target: &Target, no_proxy: Option<&str>) -> awc::Client {
+    let policy = &target.policy;
+    // Proxy URLs were validated when the configuration was read.
+    let proxy = target.proxy.as_deref().and_then(|url| {
+        match crate::upstream::proxy::ProxySpec::parse(url, no_proxy) {
+            Ok(spec) => Some(Arc::new(spec)),
+            Err(e) => {
+                log::error!("upstream {}: {e}; connecting directly", target.name);
+                None
+            }
+        }
+    });
+    // Direct or through the proxy; TCP_NODELAY either way.
+    let tcp = crate::upstream::proxy::tcp_connector(proxy);
+    let connector = awc::Connector::new()
+        .connector(tcp)
+        .timeout(policy.connect_timeout)
+        .handshake_timeout(policy.connect_timeout)
+        .limit(0)
+        .conn_keep_alive(Duration::from_secs(30))
+        .conn_lifetime(Duration::from_secs(300));
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(policy.first_byte_timeout)
+        .disable_redirects()
+        .finish()
+}
+
+impl Actor for Upstream {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        for (_, task) in self.tasks.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Handler<StartChat> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartChat, ctx: &mut Self::Context) {
+        let key = msg.key;
+        let chat = ChatTask {
+            shared: self.shared.clone(),
+            clients: self.clients.clone(),
+            key,
+            events: msg.events,
+            request: msg.request,
+        };
+        let me = ctx.address();
+        let events = chat.events.clone();
+        let handle = actix_rt::spawn(async move {
+            // A panic inside one chat ends that chat only, with an error.
+            let run = std::panic::AssertUnwindSafe(chat.run());
+            if futures_util::FutureExt::catch_unwind(run).await.is_err() {
+                log::error!("chat task panicked; ending that chat only");
+                let err = ChatError::UpstreamBroken("internal error in the gateway".into());
+                events.do_send(ChatEvent {
+                    key,
+                    kind: EventKind::Failed(err),
+                });
+            }
+            me.do_send(ChatFinished { key });
+        });
+        self.tasks.insert(key, handle);
+    }
+}
+
+impl Handler<CancelChat> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelChat, _: &mut Self::Context) {
+        if let Some(task) = self.tasks.remove(&msg.key) {
+            task.abort();
+        }
+    }
+}
+
+impl Handler<ChatFinished> for Upstream {
+    type Result = ();
+
+    fn handle(&mut self, msg: ChatFinished, _: &mut Self::Context) {
+        self.tasks.remove(&msg.key);
+    }
+}
