@@ -16,7 +16,7 @@ use crate::demo::{self, Demo};
 use crate::metrics::Metrics;
 use crate::session;
 use crate::shared::Shared;
-use crate::upstream::target::build_targets;
+use crate::upstream::target::Targets;
 use crate::upstream::Upstream;
 
 /// What every request handler of one worker can reach.
@@ -138,12 +138,16 @@ impl Gateway {
         // even for plain-http upstreams. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
 
-        let demo = if config.upstreams.contains(&UpstreamSpec::Demo) {
+        let demo = if config
+            .upstreams
+            .iter()
+            .any(|u| matches!(u, UpstreamSpec::Demo))
+        {
             Some(demo::start(config.demo_word_delay)?)
         } else {
             None
         };
-        let targets = build_targets(&config, demo.as_ref().map(|d| d.url()).as_deref());
+        let targets = Targets::resolve(&config, demo.as_ref().map(|d| d.url()).as_deref());
         let listener = std::net::TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
         let metrics = Metrics::new().map_err(io::Error::other)?;

@@ -9,12 +9,12 @@ use tokio::sync::watch;
 use crate::admission::IpLimits;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::upstream::target::Target;
+use crate::upstream::target::Targets;
 
 /// Shared by every worker, session and chat of one gateway.
 pub struct Shared {
     pub config: Config,
-    pub targets: Vec<Target>,
+    pub targets: Targets,
     pub metrics: Metrics,
     pub ip_limits: Arc<IpLimits>,
     draining: AtomicBool,
@@ -22,7 +22,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, targets: Vec<Target>, metrics: Metrics) -> Shared {
+    pub fn new(config: Config, targets: Targets, metrics: Metrics) -> Shared {
         let ip_limits = Arc::new(IpLimits::new(
             config.max_connections_per_ip,
             config.max_chats_per_minute_per_ip,
@@ -34,21 +34,6 @@ impl Shared {
             metrics,
             draining: AtomicBool::new(false),
             closing: watch::Sender::new(false),
-        }
-    }
-
-    /// The indices (into `targets`) of the upstreams that serve `model`, in
-    /// fallback order: its route from the provider file, else every upstream
-    /// that serves it.
-    pub fn route(&self, model: &str) -> Vec<usize> {
-        let serves = |i: &usize| self.targets[*i].upstream_model(model).is_some();
-        match self.config.routes.get(model) {
-            Some(names) => names
-                .iter()
-                .filter_map(|n| self.targets.iter().position(|t| t.name == *n))
-                .filter(serves)
-                .collect(),
-            None => (0..self.targets.len()).filter(serves).collect(),
         }
     }
 

@@ -13,15 +13,30 @@ use clap::Parser;
 
 pub mod providers;
 
+use crate::upstream::proxy::{NoProxy, ProxySpec};
+pub use providers::{ModelMap, PolicyOverrides, Provider, ProviderFile, UpstreamUrl};
+
 /// Where chats are sent: the built-in demo upstream or a real URL.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum UpstreamSpec {
     /// `demo`: the in-process demo server of PROTOCOL.md §5.
     Demo,
     /// A chat-completions URL (`http://` or `https://`).
-    Url(String),
-    /// A named upstream of the provider file.
-    Provider(Box<crate::config::providers::Provider>),
+    Url(UpstreamUrl),
+    /// A named upstream of the provider file (its proxy, if any, carries
+    /// the `--no-proxy` list).
+    Provider(Box<Provider>),
+}
+
+/// `demo`, the URL, or the provider's name.
+impl std::fmt::Display for UpstreamSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamSpec::Demo => f.write_str("demo"),
+            UpstreamSpec::Url(url) => url.fmt(f),
+            UpstreamSpec::Provider(p) => f.write_str(&p.name),
+        }
+    }
 }
 
 /// Which browser origins may open `/ws`.
@@ -42,10 +57,9 @@ pub struct Config {
     pub upstreams: Vec<UpstreamSpec>,
     /// Fallback order per model (upstream names), from the provider file.
     pub routes: std::collections::BTreeMap<String, Vec<String>>,
-    /// Outbound proxy for every upstream without its own (`--proxy`).
-    pub proxy: Option<String>,
-    /// Hosts that never go through the proxy (`NO_PROXY` style).
-    pub no_proxy: Option<String>,
+    /// Outbound proxy for every upstream without its own (`--proxy`), with
+    /// the `--no-proxy` exclusions.
+    pub proxy: Option<ProxySpec>,
     pub api_key: Option<String>,
     pub models: Vec<String>,
     pub max_attempts: u32,
@@ -271,8 +285,8 @@ fn parse_upstreams(raw: Option<Raw>) -> Result<Vec<UpstreamSpec>, String> {
             out.push(UpstreamSpec::Demo);
             continue;
         }
-        match url_host(&item) {
-            Some(_) => out.push(UpstreamSpec::Url(item)),
+        match UpstreamUrl::parse(&item) {
+            Some(url) => out.push(UpstreamSpec::Url(url)),
             None => {
                 return Err(raw.err(&format!(
                     "{item:?} is not an http:// or https:// URL with a host"
@@ -281,21 +295,6 @@ fn parse_upstreams(raw: Option<Raw>) -> Result<Vec<UpstreamSpec>, String> {
         }
     }
     Ok(out)
-}
-
-/// The `host[:port]` of an http(s) URL, without user info, path or query;
-/// `None` when the URL is not http(s) or has no host.
-pub fn url_host(url: &str) -> Option<String> {
-    let uri: awc::http::Uri = url.parse().ok()?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => return None,
-    }
-    let host = uri.host().filter(|h| !h.is_empty())?;
-    Some(match uri.port_u16() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    })
 }
 
 fn parse_origins(raw: Option<Raw>) -> Result<AllowedOrigins, String> {
@@ -363,52 +362,49 @@ impl Config {
         let bind = parse_bind(pick(f.bind, "bind", lookup))?;
         let file = match pick(f.config, "config", lookup) {
             None => None,
-            Some(raw) => Some(crate::config::providers::ProviderFile::load(
-                std::path::Path::new(raw.value.trim()),
-            )?),
+            Some(raw) => Some(ProviderFile::load(std::path::Path::new(raw.value.trim()))?),
         };
+        let no_proxy = match pick(f.no_proxy, "no-proxy", lookup) {
+            None => NoProxy::default(),
+            Some(raw) => NoProxy::parse(&raw.value)
+                .map_err(|e| format!("invalid --no-proxy / NETFLY_NO_PROXY: {e}"))?,
+        };
+        let proxy = match pick(f.proxy, "proxy", lookup) {
+            Some(raw) if !raw.value.trim().is_empty() => Some(
+                ProxySpec::parse(raw.value.trim(), None)
+                    .map_err(|e| format!("invalid --proxy / NETFLY_PROXY: {e}"))?
+                    .with_no_proxy(no_proxy.clone()),
+            ),
+            _ => None,
+        };
+        let derived_models = file.as_ref().and_then(ProviderFile::derived_models);
         let upstream_raw = pick(f.upstream, "upstream", lookup);
         let mut routes = std::collections::BTreeMap::new();
-        let upstreams = match (&file, upstream_raw) {
+        let upstreams = match (file, upstream_raw) {
             // The file gives the upstreams unless --upstream overrides them.
             (Some(file), None) => {
-                routes.clone_from(&file.routes);
-                let mut specs = Vec::with_capacity(file.upstreams.len());
-                for p in &file.upstreams {
-                    if let Some(px) = &p.proxy {
-                        crate::upstream::proxy::ProxySpec::parse(px, None)
-                            .map_err(|e| format!("upstream {:?}: proxy: {e}", p.name))?;
-                    }
-                    let mut p = p.clone();
-                    if let Some(var) = &p.api_key_env {
-                        p.api_key = lookup(var)
-                            .map(|k| k.trim().to_owned())
-                            .filter(|k| !k.is_empty());
-                        if p.api_key.is_none() {
-                            log::warn!(
-                                "upstream {:?}: {var} is not set; calling it without a key",
-                                p.name
-                            );
+                routes = file.routes;
+                file.upstreams
+                    .into_iter()
+                    .map(|mut p| {
+                        p.proxy = p.proxy.map(|spec| spec.with_no_proxy(no_proxy.clone()));
+                        if let Some(var) = &p.api_key_env {
+                            p.api_key = lookup(var)
+                                .map(|k| k.trim().to_owned())
+                                .filter(|k| !k.is_empty());
+                            if p.api_key.is_none() {
+                                log::warn!(
+                                    "upstream {:?}: {var} is not set; calling it without a key",
+                                    p.name
+                                );
+                            }
                         }
-                    }
-                    specs.push(UpstreamSpec::Provider(Box::new(p)));
-                }
-                specs
+                        UpstreamSpec::Provider(Box::new(p))
+                    })
+                    .collect()
             }
             (_, raw) => parse_upstreams(raw)?,
         };
-        let proxy = pick(f.proxy, "proxy", lookup)
-            .map(|r| r.value.trim().to_owned())
-            .filter(|p| !p.is_empty());
-        let no_proxy = pick(f.no_proxy, "no-proxy", lookup).map(|r| r.value);
-        if let Some(list) = &no_proxy {
-            crate::upstream::proxy::NoProxy::parse(list)
-                .map_err(|e| format!("invalid --no-proxy / NETFLY_NO_PROXY: {e}"))?;
-        }
-        if let Some(url) = &proxy {
-            crate::upstream::proxy::ProxySpec::parse(url, None)
-                .map_err(|e| format!("invalid --proxy / NETFLY_PROXY: {e}"))?;
-        }
         let api_key = pick(f.api_key, "api-key", lookup)
             .map(|r| r.value.trim().to_owned())
             .filter(|k| !k.is_empty());
@@ -421,9 +417,7 @@ impl Config {
             }
         }
         let models = match pick(f.models, "models", lookup) {
-            None => file
-                .as_ref()
-                .and_then(|f| f.derived_models())
+            None => derived_models
                 .unwrap_or_else(|| vec!["gpt-3.5-turbo".to_owned(), "gpt-4".to_owned()]),
             Some(raw) => {
                 let models = list(&raw.value);
@@ -496,7 +490,7 @@ impl Config {
         let shutdown_grace = ms(f.shutdown_grace_ms, "shutdown-grace-ms", 10_000, 0)?;
         for model in &models {
             let served = upstreams.iter().any(|u| match u {
-                UpstreamSpec::Provider(p) => p.upstream_model(model).is_some(),
+                UpstreamSpec::Provider(p) => p.models.upstream_model(model).is_some(),
                 _ => true,
             });
             if !served {
@@ -510,7 +504,6 @@ impl Config {
             upstreams,
             routes,
             proxy,
-            no_proxy,
             api_key,
             models,
             max_attempts,

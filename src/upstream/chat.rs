@@ -168,10 +168,10 @@ impl ChatTask {
     /// upstream is exhausted. Returns the terminal event, or `None` when the
     /// client went away.
     async fn attempts(&self, p: &mut Progress) -> Option<EventKind> {
-        let route = self.shared.route(&self.request.model);
+        let targets = &self.shared.targets;
         let mut last: Option<AttemptError> = None;
-        for ti in route {
-            let target = &self.shared.targets[ti];
+        for &ti in targets.route(&self.request.model) {
+            let target = targets.get(ti);
             let client = &self.clients[ti];
             p.host.clone_from(&target.host);
             let body = match self.body_for(target) {
@@ -259,6 +259,7 @@ impl ChatTask {
     /// over the target's defaults.
     fn body_for(&self, target: &Target) -> Result<Bytes, ChatError> {
         let model = target
+            .models
             .upstream_model(&self.request.model)
             .unwrap_or(&self.request.model);
         let params = self.request.params.merged_over(&target.defaults);

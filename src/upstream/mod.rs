@@ -114,12 +114,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let no_proxy = shared.config.no_proxy.as_deref();
-        let clients = shared
-            .targets
-            .iter()
-            .map(|t| build_client(t, no_proxy))
-            .collect();
+        let clients = shared.targets.all().iter().map(build_client).collect();
         Upstream {
             shared,
             clients,
@@ -130,20 +125,10 @@ impl Upstream {
 
 /// The HTTP client of one target: TCP_NODELAY, no connection limit, pooled
 /// keep-alive, the target's connect and first-byte timeouts, no redirects.
-pub fn build_client(target: &Target, no_proxy: Option<&str>) -> awc::Client {
+pub fn build_client(target: &Target) -> awc::Client {
     let policy = &target.policy;
-    // Proxy URLs were validated when the configuration was read.
-    let proxy = target.proxy.as_deref().and_then(|url| {
-        match crate::upstream::proxy::ProxySpec::parse(url, no_proxy) {
-            Ok(spec) => Some(Arc::new(spec)),
-            Err(e) => {
-                log::error!("upstream {}: {e}; connecting directly", target.name);
-                None
-            }
-        }
-    });
     // Direct or through the proxy; TCP_NODELAY either way.
-    let tcp = crate::upstream::proxy::tcp_connector(proxy);
+    let tcp = proxy::tcp_connector(target.proxy.clone());
     let connector = awc::Connector::new()
         .connector(tcp)
         .timeout(policy.connect_timeout)

@@ -147,6 +147,12 @@ impl ProxySpec {
         })
     }
 
+    /// This proxy with `no_proxy` as its exclusion list.
+    pub fn with_no_proxy(mut self, no_proxy: NoProxy) -> ProxySpec {
+        self.no_proxy = no_proxy;
+        self
+    }
+
     /// Whether a connection to `host:port` goes direct instead of through
     /// this proxy. `host` may be an IPv6 literal with or without brackets.
     pub fn bypass(&self, host: &str, port: u16) -> bool {

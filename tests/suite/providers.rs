@@ -72,7 +72,7 @@ fn the_shipped_example_parses() {
     assert_eq!(file.upstreams.len(), 3);
     assert_eq!(file.upstreams[0].name, "free-netfly");
     assert_eq!(
-        file.upstreams[0].url,
+        file.upstreams[0].url.as_str(),
         "https://free.netfly.top/api/openai/v1/chat/completions"
     );
     assert_eq!(file.upstreams[0].defaults.temperature, Some(0.5));
