@@ -1,17 +1,30 @@
-//! Who may open `/ws` (PROTOCOL.md §1): allowed origins, auth tokens and
-//! the connection limit. Checked before the upgrade, so a refused client
-//! gets a plain HTTP status and never a socket.
+//! Who may come in, for both front ends (PROTOCOL.md §1).
+//!
+//! - A socket: [`admit_socket`] checks the `Origin`, the token, the
+//!   per-address and total socket limits before the upgrade, so a refused
+//!   client gets a plain HTTP status and never a socket.
+//! - A chat, from `/ws` or `/v1` alike: [`admit_chat`] is the one way in.
+//!   It refuses new chats while draining, holds the per-address chat
+//!   budget and concurrency limits and the gateway's total, and returns the
+//!   [`ChatSlot`] the chat holds until it ends (its metrics live there too).
+//!
+//! `/v1` has no socket, so the chat limits are stated in socket terms:
+//! an address may have `--max-connections-per-ip` × streams chats in
+//! flight, the gateway `--max-connections` × streams; a WebSocket client
+//! can never exceed either, an HTTP client is held to the same.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{AllowedOrigins, Config};
+use crate::error::{Busy, ChatError, Outcome};
+use crate::shared::Shared;
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,51 +39,179 @@ pub enum Refusal {
     TooManyFromIp,
 }
 
-/// Counts open sockets; one permit per socket, released on drop.
-#[derive(Debug, Default)]
-pub struct Connections {
-    open: Arc<AtomicUsize>,
-}
-
-/// Held by a socket for as long as it is open.
-#[derive(Debug)]
-pub struct Permit {
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
+impl Refusal {
+    /// The `reason` label of `netfly_ws_refused_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::Origin(_) => "origin",
+            Refusal::Unauthorized => "auth",
+            Refusal::Full => "full",
+            Refusal::TooManyFromIp => "per_ip",
+        }
     }
 }
 
-impl Connections {
-    /// Takes a permit unless `max` are already out.
-    pub fn try_acquire(&self, max: usize) -> Option<Permit> {
-        let mut cur = self.open.load(Ordering::Acquire);
-        loop {
-            if cur >= max {
-                return None;
-            }
-            match self
-                .open
-                .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => {
-                    return Some(Permit {
-                        open: self.open.clone(),
-                    })
-                }
-                Err(now) => cur = now,
-            }
+/// Who is asking: the client's address (after trusted proxies).
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub ip: Option<IpAddr>,
+}
+
+/// The gateway's counters of sockets and chats, shared by every worker.
+#[derive(Debug)]
+pub struct Admission {
+    sockets: Arc<Semaphore>,
+    max_sockets: usize,
+    chats: Arc<Semaphore>,
+    max_chats: u32,
+    ips: Arc<IpLimits>,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        let streams = config.max_streams_per_connection;
+        // A semaphore counts at most u32::MAX permits at once in `acquire_many`.
+        let max_chats = u32::try_from(config.max_connections.saturating_mul(streams))
+            .unwrap_or(u32::MAX)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let max_sockets = config.max_connections.min(Semaphore::MAX_PERMITS);
+        Admission {
+            sockets: Arc::new(Semaphore::new(max_sockets)),
+            max_sockets,
+            chats: Arc::new(Semaphore::new(max_chats as usize)),
+            max_chats,
+            ips: Arc::new(IpLimits {
+                max_sockets: config.max_connections_per_ip,
+                max_chats: config.max_connections_per_ip.saturating_mul(streams),
+                chats_per_minute: config.max_chats_per_minute_per_ip,
+                table: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
     /// Sockets open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+    pub fn sockets_open(&self) -> usize {
+        self.max_sockets - self.sockets.available_permits()
+    }
+
+    /// Waits until no chat is in flight (every [`ChatSlot`] dropped) or
+    /// `deadline` passes; returns whether none is.
+    pub async fn all_chats_ended(&self, deadline: tokio::time::Instant) -> bool {
+        let all = self.chats.acquire_many(self.max_chats);
+        matches!(tokio::time::timeout_at(deadline, all).await, Ok(Ok(_)))
     }
 }
+
+/// What an admitted socket holds until it closes.
+#[derive(Debug)]
+pub struct SocketPermit {
+    pub client: Client,
+    _total: OwnedSemaphorePermit,
+    _ip: Option<IpPermit>,
+}
+
+/// Runs every admission check for a `/ws` upgrade.
+pub fn admit_socket(req: &HttpRequest, shared: &Shared) -> Result<SocketPermit, Refusal> {
+    let config = &shared.config;
+    let admission = &shared.admission;
+    origin_allowed(req, &config.allowed_origins)?;
+    if !config.auth_tokens.is_empty() {
+        let presented = presented_token(req).unwrap_or_default();
+        if !token_accepted(&presented, &config.auth_tokens) {
+            return Err(Refusal::Unauthorized);
+        }
+    }
+    let ip = client_ip(req, &config.trusted_proxies);
+    let ip_permit = match ip {
+        Some(ip) if admission.ips.max_sockets > 0 => Some(
+            admission
+                .ips
+                .try_open_socket(ip)
+                .ok_or(Refusal::TooManyFromIp)?,
+        ),
+        _ => None,
+    };
+    let total = admission
+        .sockets
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Refusal::Full)?;
+    Ok(SocketPermit {
+        client: Client { ip },
+        _total: total,
+        _ip: ip_permit,
+    })
+}
+
+/// The one way in for a chat, from either front end: refuses it while
+/// draining or past a limit (counting the refusal), else counts it in
+/// flight and returns its slot.
+pub fn admit_chat(shared: &Arc<Shared>, client: &Client) -> Result<ChatSlot, ChatError> {
+    let refuse = |why: Busy| {
+        let err = ChatError::Busy(why);
+        shared.metrics.chat_ended(Outcome::Failed(err.code()));
+        Err(err)
+    };
+    if shared.draining() {
+        return refuse(Busy::Draining);
+    }
+    let admission = &shared.admission;
+    let Ok(total) = admission.chats.clone().try_acquire_owned() else {
+        return refuse(Busy::ChatsInTotal(admission.max_chats as usize));
+    };
+    let ip = match client.ip {
+        Some(ip) if admission.ips.limits_chats() => match admission.ips.try_start_chat(ip) {
+            Ok(permit) => Some(permit),
+            Err(why) => return refuse(why),
+        },
+        _ => None,
+    };
+    shared.metrics.chat_started();
+    Ok(ChatSlot {
+        shared: shared.clone(),
+        outcome: Outcome::Disconnected,
+        accepted: Instant::now(),
+        deltas: 0,
+        _total: total,
+        _ip: ip,
+    })
+}
+
+/// A chat in flight: held from its admission to its end, by whatever owns
+/// the chat. Dropping it counts the chat's outcome (by default
+/// `disconnected`: nobody said otherwise) and frees its place.
+pub struct ChatSlot {
+    shared: Arc<Shared>,
+    outcome: Outcome,
+    accepted: Instant,
+    deltas: u64,
+    _total: OwnedSemaphorePermit,
+    _ip: Option<IpPermit>,
+}
+
+impl ChatSlot {
+    /// Records how the chat ended (counted when the slot is dropped).
+    pub fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// Counts one delta handed to a client; its bytes were read from the
+    /// upstream at `read_at`.
+    pub fn delta_sent(&mut self, read_at: Instant) {
+        self.shared
+            .metrics
+            .delta_sent(read_at, self.accepted, self.deltas == 0);
+        self.deltas += 1;
+    }
+}
+
+impl Drop for ChatSlot {
+    fn drop(&mut self) {
+        self.shared.metrics.chat_finished(self.outcome);
+    }
+}
+
+// ---------------------------------------------------------------- tokens
 
 /// Compares two secrets in time that depends only on their lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -118,6 +259,8 @@ pub fn bearer_authorized(req: &HttpRequest, tokens: &[String]) -> bool {
     token_accepted(bearer_token(req).unwrap_or(""), tokens)
 }
 
+// ---------------------------------------------------------------- origins
+
 fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> Result<(), Refusal> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(()); // not a browser
@@ -147,43 +290,6 @@ fn origin_allowed(req: &HttpRequest, allowed: &AllowedOrigins) -> Result<(), Ref
     }
 }
 
-/// What an admitted socket holds until it closes.
-#[derive(Debug)]
-pub struct Admitted {
-    pub permit: Permit,
-    pub ip_permit: Option<IpPermit>,
-    pub ip: Option<IpAddr>,
-}
-
-/// Runs every admission check for a `/ws` upgrade.
-pub fn admit(
-    req: &HttpRequest,
-    config: &Config,
-    conns: &Connections,
-    ips: &Arc<IpLimits>,
-) -> Result<Admitted, Refusal> {
-    origin_allowed(req, &config.allowed_origins)?;
-    if !config.auth_tokens.is_empty() {
-        let presented = presented_token(req).unwrap_or_default();
-        if !token_accepted(&presented, &config.auth_tokens) {
-            return Err(Refusal::Unauthorized);
-        }
-    }
-    let ip = client_ip(req, &config.trusted_proxies);
-    let ip_permit = match ip {
-        Some(ip) if ips.enabled() => Some(ips.try_open(ip).ok_or(Refusal::TooManyFromIp)?),
-        _ => None,
-    };
-    let permit = conns
-        .try_acquire(config.max_connections)
-        .ok_or(Refusal::Full)?;
-    Ok(Admitted {
-        permit,
-        ip_permit,
-        ip,
-    })
-}
-
 /// The client's address: the peer, or — when the peer is a trusted proxy —
 /// the right-most `X-Forwarded-For` entry that is not a trusted proxy.
 pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
@@ -208,14 +314,20 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
     )
 }
 
+// ---------------------------------------------------------------- per address
+
 /// Table size past which idle, refilled addresses are forgotten.
 const PRUNE_AT: usize = 4096;
 
-/// Per-address limits: sockets at once and chats per minute (a token
-/// bucket refilled continuously). Shared by every worker.
+/// Per-address limits: sockets and chats at once, and chats per minute (a
+/// token bucket refilled continuously, kept across reconnects).
 #[derive(Debug)]
-pub struct IpLimits {
+struct IpLimits {
+    /// Sockets at once (0 = no limit).
     max_sockets: usize,
+    /// Chats in flight at once (0 = no limit).
+    max_chats: usize,
+    /// Chats started per minute (0 = no limit).
     chats_per_minute: u32,
     table: Mutex<HashMap<IpAddr, IpEntry>>,
 }
@@ -223,32 +335,45 @@ pub struct IpLimits {
 #[derive(Debug)]
 struct IpEntry {
     sockets: usize,
+    chats: usize,
     tokens: f64,
     refilled: Instant,
 }
 
-/// One socket's share of its address's limit, released on drop.
+/// What a permit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Socket,
+    Chat,
+}
+
+/// One socket's or chat's share of its address's limits, released on drop.
 #[derive(Debug)]
-pub struct IpPermit {
+struct IpPermit {
     limits: Arc<IpLimits>,
     ip: IpAddr,
+    kind: Kind,
 }
 
 impl Drop for IpPermit {
     fn drop(&mut self) {
-        let mut table = self.limits.lock();
-        if let Some(e) = table.get_mut(&self.ip) {
-            e.sockets = e.sockets.saturating_sub(1);
-        }
-        // An address keeps its chat budget across reconnects: its entry goes
-        // only once it has no socket and a full bucket again.
-        let full = f64::from(self.limits.chats_per_minute);
+        let limits = &self.limits;
+        let mut table = limits.lock();
         let now = Instant::now();
-        let per_sec = full / 60.0;
-        if let Some(e) = table.get(&self.ip) {
-            if e.sockets == 0 && e.tokens_at(now, per_sec, full) >= full {
-                table.remove(&self.ip);
+        let forget = match table.get_mut(&self.ip) {
+            Some(e) => {
+                match self.kind {
+                    Kind::Socket => e.sockets = e.sockets.saturating_sub(1),
+                    Kind::Chat => e.chats = e.chats.saturating_sub(1),
+                }
+                limits.idle(e, now)
             }
+            None => false,
+        };
+        // An address keeps its chat budget across reconnects: its entry goes
+        // only once nothing of it is open and its bucket is full again.
+        if forget {
+            table.remove(&self.ip);
         }
     }
 }
@@ -261,40 +386,50 @@ impl IpEntry {
 }
 
 impl IpLimits {
-    pub fn new(max_sockets: usize, chats_per_minute: u32) -> IpLimits {
-        IpLimits {
-            max_sockets,
-            chats_per_minute,
-            table: Mutex::new(HashMap::new()),
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpEntry>> {
         // A poisoned table only means another thread panicked mid-update;
         // the counts are still usable.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether any limit is set at all.
-    pub fn enabled(&self) -> bool {
-        self.max_sockets > 0 || self.chats_per_minute > 0
+    /// Whether chats are limited per address at all.
+    fn limits_chats(&self) -> bool {
+        self.max_chats > 0 || self.chats_per_minute > 0
+    }
+
+    fn full_bucket(&self) -> f64 {
+        f64::from(self.chats_per_minute)
+    }
+
+    /// Whether an entry holds nothing and has its whole budget back.
+    fn idle(&self, e: &IpEntry, now: Instant) -> bool {
+        let full = self.full_bucket();
+        e.sockets == 0 && e.chats == 0 && e.tokens_at(now, full / 60.0, full) >= full
+    }
+
+    /// The entry of `ip`, made (with a full bucket) when missing; forgets
+    /// idle addresses first when the table has grown large.
+    fn entry<'t>(
+        &self,
+        table: &'t mut HashMap<IpAddr, IpEntry>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> &'t mut IpEntry {
+        if table.len() >= PRUNE_AT {
+            table.retain(|_, e| !self.idle(e, now));
+        }
+        table.entry(ip).or_insert_with(|| IpEntry {
+            sockets: 0,
+            chats: 0,
+            tokens: self.full_bucket(),
+            refilled: now,
+        })
     }
 
     /// Takes a socket permit for `ip`, unless it already has the maximum.
-    pub fn try_open(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
+    fn try_open_socket(self: &Arc<Self>, ip: IpAddr) -> Option<IpPermit> {
         let mut table = self.lock();
-        let burst = f64::from(self.chats_per_minute);
-        if table.len() >= PRUNE_AT {
-            // Forget idle addresses whose budget has refilled.
-            let now = Instant::now();
-            let per_sec = burst / 60.0;
-            table.retain(|_, e| e.sockets > 0 || e.tokens_at(now, per_sec, burst) < burst);
-        }
-        let e = table.entry(ip).or_insert_with(|| IpEntry {
-            sockets: 0,
-            tokens: burst,
-            refilled: Instant::now(),
-        });
+        let e = self.entry(&mut table, ip, Instant::now());
         if self.max_sockets > 0 && e.sockets >= self.max_sockets {
             return None;
         }
@@ -302,27 +437,33 @@ impl IpLimits {
         Some(IpPermit {
             limits: self.clone(),
             ip,
+            kind: Kind::Socket,
         })
     }
 
-    /// Spends one chat from `ip`'s per-minute budget; false when empty.
-    pub fn allow_chat(&self, ip: IpAddr) -> bool {
-        if self.chats_per_minute == 0 {
-            return true;
-        }
+    /// Starts a chat for `ip`: checks its chats in flight, then spends one
+    /// chat from its per-minute budget.
+    fn try_start_chat(self: &Arc<Self>, ip: IpAddr) -> Result<IpPermit, Busy> {
         let mut table = self.lock();
-        let Some(e) = table.get_mut(&ip) else {
-            return true; // no socket from there: nothing to limit
-        };
-        let full = f64::from(self.chats_per_minute);
         let now = Instant::now();
-        e.tokens = e.tokens_at(now, full / 60.0, full);
-        e.refilled = now;
-        if e.tokens >= 1.0 {
-            e.tokens -= 1.0;
-            true
-        } else {
-            false
+        let e = self.entry(&mut table, ip, now);
+        if self.max_chats > 0 && e.chats >= self.max_chats {
+            return Err(Busy::ChatsPerIp(self.max_chats));
         }
+        if self.chats_per_minute > 0 {
+            let full = self.full_bucket();
+            e.tokens = e.tokens_at(now, full / 60.0, full);
+            e.refilled = now;
+            if e.tokens < 1.0 {
+                return Err(Busy::ChatsPerMinutePerIp(self.chats_per_minute));
+            }
+            e.tokens -= 1.0;
+        }
+        e.chats += 1;
+        Ok(IpPermit {
+            limits: self.clone(),
+            ip,
+            kind: Kind::Chat,
+        })
     }
 }

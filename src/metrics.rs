@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::error::Outcome;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -120,8 +122,8 @@ impl Metrics {
     }
 
     /// Counts one chat that ended without ever being in flight (refused).
-    pub fn chat_ended(&self, outcome: &str) {
-        self.chats_total.with_label_values(&[outcome]).inc();
+    pub fn chat_ended(&self, outcome: Outcome) {
+        self.chats_total.with_label_values(&[outcome.label()]).inc();
     }
 
     /// A chat is now in flight.
@@ -130,7 +132,7 @@ impl Metrics {
     }
 
     /// A chat that was in flight ended with `outcome`.
-    pub fn chat_finished(&self, outcome: &str) {
+    pub fn chat_finished(&self, outcome: Outcome) {
         self.chats_active.dec();
         self.chat_ended(outcome);
     }

@@ -43,8 +43,8 @@ use futures_util::{Stream, StreamExt as _};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use crate::admission;
-use crate::error::ChatError;
+use crate::admission::{self, ChatSlot, Client};
+use crate::error::{ChatError, Outcome};
 use crate::protocol::{self, ChatRequest, ClientFrame};
 use crate::shared::Shared;
 use crate::upstream::{next_chat_key, CancelChat, ChatEvent, EventKind, StartChat, Upstream};
@@ -101,7 +101,7 @@ fn error_body(kind: &str, code: &str, message: &str) -> Value {
 /// The HTTP status a chat error answers with (see the module table).
 pub fn status_for(err: &ChatError) -> StatusCode {
     match err {
-        ChatError::BadRequest(_) | ChatError::UnknownModel(_) => StatusCode::BAD_REQUEST,
+        ChatError::BadRequest(_) | ChatError::UnknownModel { .. } => StatusCode::BAD_REQUEST,
         ChatError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         ChatError::UpstreamRejected(_) | ChatError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
         ChatError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -110,7 +110,7 @@ pub fn status_for(err: &ChatError) -> StatusCode {
 }
 
 fn chat_error_response(err: &ChatError) -> HttpResponse {
-    let mut resp = error_response(status_for(err), err.code(), err.message());
+    let mut resp = error_response(status_for(err), err.code().as_str(), &err.message());
     if err.retryable() {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
@@ -288,51 +288,32 @@ impl Handler<ChatEvent> for Collector {
     }
 }
 
-/// One HTTP chat in flight: counts it in the metrics and, if dropped before
-/// its end (the client went away), cancels it upstream.
+/// One HTTP chat in flight: its slot (limits and metrics) and, if dropped
+/// before its end (the client went away), the cancel of its upstream call.
 struct ChatGuard {
     key: u64,
-    shared: Arc<Shared>,
     upstream: Addr<Upstream>,
-    accepted: Instant,
-    deltas: u64,
+    slot: ChatSlot,
     ended: bool,
 }
 
 impl ChatGuard {
-    fn new(key: u64, shared: Arc<Shared>, upstream: Addr<Upstream>) -> ChatGuard {
-        shared.metrics.chat_started();
-        ChatGuard {
-            key,
-            shared,
-            upstream,
-            accepted: Instant::now(),
-            deltas: 0,
-            ended: false,
-        }
-    }
-
     /// Counts one delta handed to the HTTP layer.
     fn delta(&mut self, read_at: Instant) {
-        self.shared
-            .metrics
-            .delta_sent(read_at, self.accepted, self.deltas == 0);
-        self.deltas += 1;
+        self.slot.delta_sent(read_at);
     }
 
-    /// Counts how the chat ended (once).
-    fn end(&mut self, outcome: &str) {
-        if !self.ended {
-            self.ended = true;
-            self.shared.metrics.chat_finished(outcome);
-        }
+    /// Records how the chat ended.
+    fn end(&mut self, outcome: Outcome) {
+        self.ended = true;
+        self.slot.set_outcome(outcome);
     }
 }
 
 impl Drop for ChatGuard {
     fn drop(&mut self) {
         if !self.ended {
-            self.end("disconnected");
+            // The slot counts the chat as disconnected.
             self.upstream.do_send(CancelChat { key: self.key });
         }
     }
@@ -381,7 +362,10 @@ fn sse_event(out: &mut BytesMut, data: &Value) {
 
 /// An SSE error event (after streaming began).
 fn sse_error(out: &mut BytesMut, err: &ChatError) {
-    sse_event(out, &error_body("server_error", err.code(), err.message()));
+    sse_event(
+        out,
+        &error_body("server_error", err.code().as_str(), &err.message()),
+    );
 }
 
 /// The streamed response body: one SSE event per chat event.
@@ -413,12 +397,12 @@ impl SseBody {
                     sse_event(&mut out, &self.meta.usage_chunk(usage.as_ref()));
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
-                self.guard.end("done");
+                self.guard.end(Outcome::Done);
                 (Some(out.freeze()), true)
             }
             EventKind::Failed(err) => {
                 sse_error(&mut out, &err);
-                self.guard.end(err.code());
+                self.guard.end(Outcome::Failed(err.code()));
                 (Some(out.freeze()), true)
             }
         }
@@ -443,7 +427,7 @@ impl Stream for SseBody {
                     // The chat ended without a terminal event: say so.
                     let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
                     self.finished = true;
-                    self.guard.end(err.code());
+                    self.guard.end(Outcome::Failed(err.code()));
                     let mut out = BytesMut::new();
                     sse_error(&mut out, &err);
                     return Poll::Ready(Some(Ok(out.freeze())));
@@ -491,20 +475,17 @@ async fn chat_completions(
     let parsed = match parse_request(&body, &id, &shared.config.models) {
         Ok(p) => p,
         Err(err) => {
-            shared.metrics.chat_ended(err.code());
+            shared.metrics.chat_ended(Outcome::Failed(err.code()));
             return chat_error_response(&err);
         }
     };
-    if let Some(ip) = admission::client_ip(&req, &shared.config.trusted_proxies) {
-        if !shared.ip_limits.allow_chat(ip) {
-            let err = ChatError::Busy(format!(
-                "more than {} chats per minute from your address; slow down",
-                shared.config.max_chats_per_minute_per_ip
-            ));
-            shared.metrics.chat_ended(err.code());
-            return chat_error_response(&err);
-        }
-    }
+    let client = Client {
+        ip: admission::client_ip(&req, &shared.config.trusted_proxies),
+    };
+    let slot = match admission::admit_chat(shared, &client) {
+        Ok(slot) => slot,
+        Err(err) => return chat_error_response(&err),
+    };
     let meta = Meta {
         id,
         model: parsed.request.model.clone(),
@@ -514,7 +495,12 @@ async fn chat_completions(
     let key = next_chat_key();
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let collector = Collector { tx }.start();
-    let mut guard = ChatGuard::new(key, shared.clone(), state.upstream.clone());
+    let mut guard = ChatGuard {
+        key,
+        upstream: state.upstream.clone(),
+        slot,
+        ended: false,
+    };
     state.upstream.do_send(StartChat {
         key,
         request: parsed.request,
@@ -530,13 +516,13 @@ async fn chat_completions(
     let first = loop {
         let Some(event) = rx.recv().await else {
             let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
-            guard.end(err.code());
+            guard.end(Outcome::Failed(err.code()));
             return chat_error_response(&err);
         };
         match event.kind {
             EventKind::Start { .. } | EventKind::Retry { .. } => continue,
             EventKind::Failed(err) => {
-                guard.end(err.code());
+                guard.end(Outcome::Failed(err.code()));
                 return chat_error_response(&err);
             }
             other => break other,
@@ -580,7 +566,7 @@ async fn whole(
     loop {
         let Some(event) = rx.recv().await else {
             let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
-            guard.end(err.code());
+            guard.end(Outcome::Failed(err.code()));
             return chat_error_response(&err);
         };
         match event.kind {
@@ -590,14 +576,14 @@ async fn whole(
                 text.push_str(&t);
             }
             EventKind::Failed(err) => {
-                guard.end(err.code());
+                guard.end(Outcome::Failed(err.code()));
                 return chat_error_response(&err);
             }
             EventKind::Done {
                 finish_reason,
                 usage,
             } => {
-                guard.end("done");
+                guard.end(Outcome::Done);
                 return HttpResponse::Ok().json(json!({
                     "id": meta.id,
                     "object": "chat.completion",
@@ -618,6 +604,7 @@ async fn whole(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
 
     fn models() -> Vec<String> {
         vec!["gpt-3.5-turbo".into(), "gpt-4".into()]
@@ -638,23 +625,23 @@ mod tests {
     #[test]
     fn refuses_what_the_websocket_refuses() {
         let bad = |b: &str| parse_request(b.as_bytes(), "x1", &models()).unwrap_err();
-        assert_eq!(bad("nope").code(), "bad_request");
-        assert_eq!(bad(r#"{"messages":[]}"#).code(), "bad_request");
+        assert_eq!(bad("nope").code(), ErrorCode::BadRequest);
+        assert_eq!(bad(r#"{"messages":[]}"#).code(), ErrorCode::BadRequest);
         assert_eq!(
             bad(r#"{"model":"gpt-9","messages":[{"role":"user","content":"a"}]}"#).code(),
-            "unknown_model"
+            ErrorCode::UnknownModel
         );
         assert_eq!(
             bad(r#"{"messages":[{"role":"user","content":"a"}],"temperature":3}"#).code(),
-            "bad_request"
+            ErrorCode::BadRequest
         );
         assert_eq!(
             bad(r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":{}}"#).code(),
-            "bad_request"
+            ErrorCode::BadRequest
         );
         assert_eq!(
             bad(r#"{"messages":[{"role":"user","content":"a"}],"n":2}"#).code(),
-            "bad_request"
+            ErrorCode::BadRequest
         );
     }
 }

@@ -191,10 +191,10 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
         None => models.first().cloned().unwrap_or_default(),
         Some(m) if models.contains(&m) => m,
         Some(m) => {
-            return Err(tied(ChatError::UnknownModel(format!(
-                "model {m:?} is not available; choose one of {}",
-                models.join(", ")
-            ))))
+            return Err(tied(ChatError::UnknownModel {
+                model: m,
+                available: models.to_vec(),
+            }))
         }
     };
     if wire.messages.is_empty() || wire.messages.len() > MAX_MESSAGES {
@@ -250,7 +250,7 @@ pub enum ServerFrame<'a> {
     Error {
         id: Option<&'a str>,
         code: &'static str,
-        message: &'a str,
+        message: std::borrow::Cow<'a, str>,
         retryable: bool,
     },
 }
@@ -267,7 +267,7 @@ impl ServerFrame<'_> {
     pub fn error<'a>(id: Option<&'a str>, err: &'a ChatError) -> ServerFrame<'a> {
         ServerFrame::Error {
             id,
-            code: err.code(),
+            code: err.code().as_str(),
             message: err.message(),
             retryable: err.retryable(),
         }

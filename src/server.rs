@@ -9,7 +9,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use crate::admission::{self, Connections, Refusal};
+use crate::admission::{self, Refusal};
 use crate::assets;
 use crate::config::{Config, UpstreamSpec};
 use crate::demo::{self, Demo};
@@ -22,7 +22,6 @@ use crate::upstream::Upstream;
 /// What every request handler of one worker can reach.
 struct State {
     shared: Arc<Shared>,
-    connections: Arc<Connections>,
     upstream: Addr<Upstream>,
 }
 
@@ -31,9 +30,10 @@ async fn ws_route(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> actix_web::Result<HttpResponse> {
-    let metrics = &state.shared.metrics;
-    if state.shared.draining() {
-        metrics
+    let shared = &state.shared;
+    if shared.draining() {
+        shared
+            .metrics
             .ws_refused_total
             .with_label_values(&["draining"])
             .inc();
@@ -41,29 +41,23 @@ async fn ws_route(
             .insert_header((header::RETRY_AFTER, "1"))
             .body("server shutting down\n"));
     }
-    let shared = &state.shared;
-    let refusal =
-        match admission::admit(&req, &shared.config, &state.connections, &shared.ip_limits) {
-            Ok(admitted) => {
-                let ip = admitted.ip;
-                return session::start(
-                    &req,
-                    payload,
-                    shared.clone(),
-                    state.upstream.clone(),
-                    ip,
-                    Some(Box::new(admitted)),
-                );
-            }
-            Err(r) => r,
-        };
-    let label = match &refusal {
-        Refusal::Origin(_) => "origin",
-        Refusal::Unauthorized => "auth",
-        Refusal::Full => "full",
-        Refusal::TooManyFromIp => "per_ip",
+    let refusal = match admission::admit_socket(&req, shared) {
+        Ok(permit) => {
+            return session::start(
+                &req,
+                payload,
+                shared.clone(),
+                state.upstream.clone(),
+                permit,
+            )
+        }
+        Err(r) => r,
     };
-    metrics.ws_refused_total.with_label_values(&[label]).inc();
+    shared
+        .metrics
+        .ws_refused_total
+        .with_label_values(&[refusal.label()])
+        .inc();
     match refusal {
         Refusal::Origin(origin) => {
             log::info!("websocket refused: origin {origin:?} not allowed");
@@ -153,7 +147,6 @@ impl Gateway {
         let metrics = Metrics::new().map_err(io::Error::other)?;
         let shared = Arc::new(Shared::new(config, targets, metrics));
         let shared_out = shared.clone();
-        let connections = Arc::new(Connections::default());
         let user_timeout = shared.config.client_timeout;
         let workers = shared.config.workers;
         let server = HttpServer::new(move || {
@@ -162,7 +155,6 @@ impl Gateway {
                 .configure(|cfg| crate::openai_api::configure(cfg, &shared, &upstream))
                 .app_data(web::Data::new(State {
                     shared: shared.clone(),
-                    connections: connections.clone(),
                     upstream,
                 }))
                 .route("/ws", web::get().to(ws_route))
@@ -241,17 +233,16 @@ impl Gateway {
         self.shared.start_draining();
         let grace = self.shared.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
-        let active = self.shared.metrics.chats_active.get();
         log::info!(
-            "draining: {active} chats in flight, up to {} ms to finish",
+            "draining: {} chats in flight, up to {} ms to finish",
+            self.shared.metrics.chats_active.get(),
             grace.as_millis()
         );
-        while self.shared.metrics.chats_active.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let left = self.shared.metrics.chats_active.get();
-        if left > 0 {
-            log::warn!("grace period over: closing sockets with {left} chats in flight");
+        if !self.shared.admission.all_chats_ended(deadline).await {
+            log::warn!(
+                "grace period over: closing sockets with {} chats in flight",
+                self.shared.metrics.chats_active.get()
+            );
         }
         self.stop(true).await;
     }

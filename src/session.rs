@@ -22,7 +22,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::Notify;
 
-use crate::error::ChatError;
+use crate::admission::{self, ChatSlot, SocketPermit};
+use crate::error::{Busy, ChatError, Outcome};
 use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
 use crate::upstream::{next_chat_key, CancelChat, ChatEvent, EventKind, StartChat, Upstream};
@@ -38,8 +39,8 @@ struct Slot {
     key: u64,
     id: String,
     model: String,
-    accepted: Instant,
-    deltas: u64,
+    /// Its place in the gateway's limits and its metrics.
+    chat: ChatSlot,
 }
 
 /// Bytes queued on the socket versus bytes handed to the HTTP layer; the
@@ -119,21 +120,18 @@ pub struct Session {
     last_seen: Instant,
     partial: Option<Partial>,
     output: Rc<Output>,
-    /// The client's address, for per-address limits.
-    ip: Option<std::net::IpAddr>,
-    /// Held for the socket's lifetime (e.g. a connection-count permit).
-    _guard: Option<Box<dyn std::any::Any>>,
+    /// The socket's place in the connection limits, and who the client is.
+    permit: SocketPermit,
 }
 
-/// Upgrades `req` to a WebSocket served by a new Session. `guard` is kept
-/// alive as long as the socket (used to count connections).
+/// Upgrades `req` to a WebSocket served by a new Session, which holds
+/// `permit` for as long as the socket is open.
 pub fn start(
     req: &HttpRequest,
     payload: actix_web::web::Payload,
     shared: Arc<Shared>,
     upstream: Addr<Upstream>,
-    ip: Option<std::net::IpAddr>,
-    guard: Option<Box<dyn std::any::Any>>,
+    permit: SocketPermit,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max = shared.config.max_frame_bytes;
     let output = Rc::new(Output::default());
@@ -144,8 +142,7 @@ pub fn start(
         last_seen: Instant::now(),
         partial: None,
         output: output.clone(),
-        ip,
-        _guard: guard,
+        permit,
     };
     let mut response = ws::handshake(req)?;
     let codec = actix_http::ws::Codec::new().max_size(max);
@@ -169,9 +166,9 @@ impl Session {
     }
 
     /// Removes the chat at `pos`, counting how it ended.
-    fn finish(&mut self, pos: usize, outcome: &str) -> Slot {
-        let slot = self.chats.remove(pos);
-        self.shared.metrics.chat_finished(outcome);
+    fn finish(&mut self, pos: usize, outcome: Outcome) -> Slot {
+        let mut slot = self.chats.remove(pos);
+        slot.chat.set_outcome(outcome);
         slot
     }
 
@@ -197,12 +194,6 @@ impl Session {
         }
         match protocol::parse_client_frame(text, &self.shared.config.models) {
             Ok(ClientFrame::Chat(request)) => {
-                if self.shared.draining() {
-                    let err = ChatError::Busy("the server is shutting down; retry shortly".into());
-                    self.shared.metrics.chat_ended(err.code());
-                    self.send_error(ctx, Some(&request.id), &err);
-                    return;
-                }
                 if self.position(&request.id).is_some() {
                     let err = ChatError::BadRequest(format!(
                         "duplicate id {:?}: a chat with this id is already in flight",
@@ -212,34 +203,27 @@ impl Session {
                     return;
                 }
                 let max = self.shared.config.max_streams_per_connection;
-                if self.chats.len() >= max {
-                    let err = ChatError::Busy(format!(
-                        "{max} chats are already in flight on this connection; wait for one to finish"
-                    ));
-                    self.shared.metrics.chat_ended(err.code());
-                    self.send_error(ctx, Some(&request.id), &err);
-                    return;
-                }
-                if let Some(ip) = self.ip {
-                    if !self.shared.ip_limits.allow_chat(ip) {
-                        let err = ChatError::Busy(format!(
-                            "more than {} chats per minute from your address; slow down",
-                            self.shared.config.max_chats_per_minute_per_ip
-                        ));
-                        self.shared.metrics.chat_ended(err.code());
+                let admitted = if self.chats.len() >= max {
+                    let err = ChatError::Busy(Busy::StreamsPerSocket(max));
+                    self.shared.metrics.chat_ended(Outcome::Failed(err.code()));
+                    Err(err)
+                } else {
+                    admission::admit_chat(&self.shared, &self.permit.client)
+                };
+                let chat = match admitted {
+                    Ok(chat) => chat,
+                    Err(err) => {
                         self.send_error(ctx, Some(&request.id), &err);
                         return;
                     }
-                }
+                };
                 let key = next_chat_key();
                 self.chats.push(Slot {
                     key,
                     id: request.id.clone(),
                     model: request.model.clone(),
-                    accepted: Instant::now(),
-                    deltas: 0,
+                    chat,
                 });
-                self.shared.metrics.chat_started();
                 self.upstream.do_send(StartChat {
                     key,
                     request,
@@ -249,7 +233,7 @@ impl Session {
             Ok(ClientFrame::Cancel { id }) => {
                 // Cancelling a chat that is not in flight is ignored.
                 if let Some(pos) = self.position(&id) {
-                    let slot = self.finish(pos, "cancelled");
+                    let slot = self.finish(pos, Outcome::Cancelled);
                     self.upstream.do_send(CancelChat { key: slot.key });
                     self.send(
                         ctx,
@@ -265,7 +249,9 @@ impl Session {
                 // Never tie an error to a chat that is running under that id.
                 let id = id.filter(|i| self.position(i).is_none());
                 if id.is_some() {
-                    self.shared.metrics.chat_ended(error.code());
+                    self.shared
+                        .metrics
+                        .chat_ended(Outcome::Failed(error.code()));
                 }
                 self.send_error(ctx, id.as_deref(), &error);
             }
@@ -368,10 +354,9 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        let m = &self.shared.metrics;
-        m.ws_connections.dec();
+        self.shared.metrics.ws_connections.dec();
+        // Each chat's slot counts it as disconnected when dropped.
         for slot in self.chats.drain(..) {
-            m.chat_finished("disconnected");
             self.upstream.do_send(CancelChat { key: slot.key });
         }
         // Wake chats waiting for this socket to drain: it never will.
@@ -491,7 +476,6 @@ impl Session {
         let Some(pos) = self.chats.iter().position(|s| s.key == msg.key) else {
             return; // cancelled or finished: late events are dropped
         };
-        let m = &self.shared.metrics;
         let slot = &mut self.chats[pos];
         let id = slot.id.as_str();
         let text = match &msg.kind {
@@ -515,8 +499,7 @@ impl Session {
             .to_json(),
             EventKind::Delta { text, read_at } => {
                 let frame = ServerFrame::Delta { id, content: text }.to_json();
-                m.delta_sent(*read_at, slot.accepted, slot.deltas == 0);
-                slot.deltas += 1;
+                slot.chat.delta_sent(*read_at);
                 frame
             }
             EventKind::Done {
@@ -533,10 +516,10 @@ impl Session {
         self.write(ctx, text);
         match &msg.kind {
             EventKind::Done { .. } => {
-                self.finish(pos, "done");
+                self.finish(pos, Outcome::Done);
             }
             EventKind::Failed(err) => {
-                self.finish(pos, err.code());
+                self.finish(pos, Outcome::Failed(err.code()));
             }
             _ => {}
         }

@@ -2,11 +2,10 @@
 //! upstreams, metrics and the shutdown state.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::admission::IpLimits;
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::target::Targets;
@@ -16,19 +15,15 @@ pub struct Shared {
     pub config: Config,
     pub targets: Targets,
     pub metrics: Metrics,
-    pub ip_limits: Arc<IpLimits>,
+    pub admission: Admission,
     draining: AtomicBool,
     closing: watch::Sender<bool>,
 }
 
 impl Shared {
     pub fn new(config: Config, targets: Targets, metrics: Metrics) -> Shared {
-        let ip_limits = Arc::new(IpLimits::new(
-            config.max_connections_per_ip,
-            config.max_chats_per_minute_per_ip,
-        ));
         Shared {
-            ip_limits,
+            admission: Admission::new(&config),
             config,
             targets,
             metrics,

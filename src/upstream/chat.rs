@@ -18,7 +18,7 @@ use super::retry::{self, AttemptError, Verdict};
 use super::sse;
 use super::target::Target;
 use super::{ChatEvent, EventKind};
-use crate::error::ChatError;
+use crate::error::{ChatError, Outcome};
 use crate::protocol::{ChatRequest, UpstreamRequest};
 use crate::shared::Shared;
 
@@ -43,6 +43,15 @@ enum AttemptEnd {
     ClientGone,
 }
 
+/// How a chat's attempts ended.
+enum Terminal {
+    Done {
+        finish_reason: String,
+        usage: Option<Value>,
+    },
+    Failed(ChatError),
+}
+
 /// Progress of one chat across attempts.
 struct Progress {
     started: bool,
@@ -51,7 +60,9 @@ struct Progress {
     attempts: u32,
     deltas: u64,
     host: String,
-    outcome: &'static str,
+    /// How the chat ended; `None` while it runs (and when it was aborted:
+    /// cancelled).
+    outcome: Option<Outcome>,
 }
 
 /// One chat, from its first attempt to its terminal event.
@@ -74,11 +85,7 @@ struct ChatLog {
 impl Drop for ChatLog {
     fn drop(&mut self) {
         let p = &self.progress;
-        let outcome = if p.outcome.is_empty() {
-            "cancelled"
-        } else {
-            p.outcome
-        };
+        let outcome = p.outcome.unwrap_or(Outcome::Cancelled);
         log::info!(
             "chat id={:?} model={} upstream={} attempts={} deltas={} duration_ms={} outcome={}",
             self.id,
@@ -137,37 +144,38 @@ impl ChatTask {
                 attempts: 0,
                 deltas: 0,
                 host: String::new(),
-                outcome: "",
+                outcome: None,
             },
         };
         let end = self.attempts(&mut log.progress).await;
         let p = &mut log.progress;
-        match end {
-            None => p.outcome = "client_gone",
-            Some(EventKind::Done {
+        let last = match end {
+            None => {
+                p.outcome = Some(Outcome::Disconnected);
+                return;
+            }
+            Some(Terminal::Done {
                 finish_reason,
                 usage,
             }) => {
-                p.outcome = "done";
-                let _ = self
-                    .emit(EventKind::Done {
-                        finish_reason,
-                        usage,
-                    })
-                    .await;
+                p.outcome = Some(Outcome::Done);
+                EventKind::Done {
+                    finish_reason,
+                    usage,
+                }
             }
-            Some(EventKind::Failed(err)) => {
-                p.outcome = err.code();
-                let _ = self.emit(EventKind::Failed(err)).await;
+            Some(Terminal::Failed(err)) => {
+                p.outcome = Some(Outcome::Failed(err.code()));
+                EventKind::Failed(err)
             }
-            Some(_) => p.outcome = "internal",
-        }
+        };
+        let _ = self.emit(last).await;
     }
 
     /// Runs attempts until one finishes, a failure is terminal or every
     /// upstream is exhausted. Returns the terminal event, or `None` when the
     /// client went away.
-    async fn attempts(&self, p: &mut Progress) -> Option<EventKind> {
+    async fn attempts(&self, p: &mut Progress) -> Option<Terminal> {
         let targets = &self.shared.targets;
         let mut last: Option<AttemptError> = None;
         for &ti in targets.route(&self.request.model) {
@@ -176,7 +184,7 @@ impl ChatTask {
             p.host.clone_from(&target.host);
             let body = match self.body_for(target) {
                 Ok(b) => b,
-                Err(e) => return Some(EventKind::Failed(e)),
+                Err(e) => return Some(Terminal::Failed(e)),
             };
             let policy = &target.policy;
             for k in 1..=policy.max_attempts {
@@ -227,7 +235,7 @@ impl ChatTask {
                             // upstream has closed the body; never delay the client.
                             actix_rt::spawn(drain(rest));
                         }
-                        return Some(EventKind::Done {
+                        return Some(Terminal::Done {
                             finish_reason,
                             usage,
                         });
@@ -242,7 +250,7 @@ impl ChatTask {
                             err.reason()
                         );
                         match retry::classify(&err, p.committed) {
-                            Verdict::Fail(e) => return Some(EventKind::Failed(e)),
+                            Verdict::Fail(e) => return Some(Terminal::Failed(e)),
                             Verdict::Retry => last = Some(err),
                         }
                     }
@@ -252,7 +260,7 @@ impl ChatTask {
         let err = last.unwrap_or_else(|| {
             AttemptError::Connect(format!("no upstream serves model {:?}", self.request.model))
         });
-        Some(EventKind::Failed(retry::exhausted(&err, p.attempts)))
+        Some(Terminal::Failed(retry::exhausted(&err, p.attempts)))
     }
 
     /// The request body for `target`: its model name, the client's params

@@ -704,3 +704,71 @@ async fn official_openai_python_client() {
     assert_eq!(m.chats_active.get(), 0);
     gw.stop(false).await;
 }
+
+/// `/v1` spends the same per-minute chat budget as `/ws`, also for an
+/// address that holds no WebSocket (issue 9: the copies had drifted and
+/// `/v1` never spent it then).
+#[actix_web::test]
+async fn v1_spends_the_per_minute_budget_without_a_websocket() {
+    let (fake, gw) = fake_gateway(
+        vec![Reply::sse_words(&["ok"])],
+        &flags("--max-chats-per-minute-per-ip 2"),
+    )
+    .await;
+    for _ in 0..2 {
+        let a = post_x(gw.addr, false).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let third = post_x(gw.addr, true).await;
+    let err = third.expect_error(429, "busy");
+    assert!(message_of(&err["error"]).contains("per minute"), "{err}");
+    assert_eq!(
+        fake.attempts(),
+        2,
+        "a refused chat never reaches the upstream"
+    );
+    // The budget is the address's, shared with its WebSockets.
+    let mut ws = WsClient::connect(gw.addr).await;
+    ws.send_chat("w1", "hi").await;
+    let frames = ws.chat_until_terminal("w1", WAIT).await;
+    assert_eq!(expect_error(&frames, "busy")["retryable"], true);
+    gw.stop(false).await;
+}
+
+/// `/v1` is held to the concurrency limits that bound `/ws`: chats in flight
+/// per address (`--max-connections-per-ip` × streams) and in total
+/// (`--max-connections` × streams); a finished chat frees its place.
+#[actix_web::test]
+async fn v1_obeys_the_per_address_and_total_chat_limits() {
+    let stalled = Reply::sse(vec![Part::Bytes(event(&chunk("held ")))]).with_end(End::Stall);
+    for limits in [
+        "--max-connections-per-ip 1 --max-streams-per-connection 2",
+        "--max-connections 1 --max-streams-per-connection 2",
+    ] {
+        let (fake, gw) = fake_gateway(vec![stalled.clone()], &flags(limits)).await;
+        let body = json!({ "messages": user("x"), "stream": true });
+        let (first, _) = raw_post_until(gw.addr, &body, "held ").await;
+        let (second, _) = raw_post_until(gw.addr, &body, "held ").await;
+        let third = post_x(gw.addr, true).await;
+        let err = third.expect_error(429, "busy");
+        assert!(
+            message_of(&err["error"]).contains("in flight"),
+            "{limits}: {err}"
+        );
+        assert_eq!(
+            fake.attempts(),
+            2,
+            "{limits}: the third chat reached the upstream"
+        );
+        drop(first);
+        assert!(fake.wait_client_disconnect(Duration::from_secs(1)).await);
+        let m = gw.metrics();
+        assert!(
+            poll_until(Duration::from_secs(2), ms(5), || m.chats_active.get() == 1).await,
+            "{limits}: the first chat's place was not freed"
+        );
+        let (_fourth, _) = raw_post_until(gw.addr, &body, "held ").await;
+        drop(second);
+        gw.stop(false).await;
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netfly::error::ChatError;
+use netfly::error::{Busy, ChatError};
 use netfly::upstream::retry::{
     classify, exhausted, parse_retry_after, AttemptError, Backoff, Verdict,
 };
@@ -119,7 +119,7 @@ fn after_the_commit_point_everything_is_upstream_broken() {
     ] {
         match classify(&err, true) {
             Verdict::Fail(e) => {
-                assert_eq!(e.code(), "upstream_broken");
+                assert_eq!(e.code().as_str(), "upstream_broken");
                 assert!(e.retryable());
             }
             Verdict::Retry => panic!("{err:?} retried after commit"),
@@ -129,21 +129,32 @@ fn after_the_commit_point_everything_is_upstream_broken() {
 
 #[test]
 fn exhaustion_code_follows_the_last_failure() {
-    assert_eq!(exhausted(&status(503), 5).code(), "upstream_unavailable");
     assert_eq!(
-        exhausted(&AttemptError::Connect("refused".into()), 5).code(),
+        exhausted(&status(503), 5).code().as_str(),
         "upstream_unavailable"
     );
     assert_eq!(
-        exhausted(&AttemptError::FirstByteTimeout(ms(5)), 5).code(),
+        exhausted(&AttemptError::Connect("refused".into()), 5)
+            .code()
+            .as_str(),
+        "upstream_unavailable"
+    );
+    assert_eq!(
+        exhausted(&AttemptError::FirstByteTimeout(ms(5)), 5)
+            .code()
+            .as_str(),
         "upstream_timeout"
     );
     assert_eq!(
-        exhausted(&AttemptError::IdleTimeout(ms(5)), 5).code(),
+        exhausted(&AttemptError::IdleTimeout(ms(5)), 5)
+            .code()
+            .as_str(),
         "upstream_timeout"
     );
     assert_eq!(
-        exhausted(&AttemptError::StreamError("e".into()), 5).code(),
+        exhausted(&AttemptError::StreamError("e".into()), 5)
+            .code()
+            .as_str(),
         "upstream_broken"
     );
     let e = exhausted(&status(429), 3);
@@ -156,11 +167,14 @@ fn error_codes_and_retryability_match_the_protocol_table() {
     let table = [
         (ChatError::BadRequest(String::new()), "bad_request", false),
         (
-            ChatError::UnknownModel(String::new()),
+            ChatError::UnknownModel {
+                model: String::new(),
+                available: Vec::new(),
+            },
             "unknown_model",
             false,
         ),
-        (ChatError::Busy(String::new()), "busy", true),
+        (ChatError::Busy(Busy::Draining), "busy", true),
         (
             ChatError::UpstreamRejected(String::new()),
             "upstream_rejected",
@@ -183,7 +197,7 @@ fn error_codes_and_retryability_match_the_protocol_table() {
         ),
     ];
     for (err, code, retryable) in table {
-        assert_eq!(err.code(), code);
+        assert_eq!(err.code().as_str(), code);
         assert_eq!(err.retryable(), retryable, "{code}");
     }
 }

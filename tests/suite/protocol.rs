@@ -30,10 +30,10 @@ fn refused(v: Value, code: &str, id: Option<&str>) -> String {
     match parse(v.clone()) {
         Ok(f) => panic!("accepted {v}: {f:?}"),
         Err(e) => {
-            assert_eq!(e.error.code(), code, "{v} → {:?}", e.error);
+            assert_eq!(e.error.code().as_str(), code, "{v} → {:?}", e.error);
             assert_eq!(e.id.as_deref(), id, "{v}");
             assert!(!e.error.message().is_empty());
-            e.error.message().to_owned()
+            e.error.message().into_owned()
         }
     }
 }
@@ -89,7 +89,7 @@ fn cancel_parses() {
 fn untied_errors_have_a_null_id() {
     for text in ["{bad", "", "[]", "42", "\"chat\"", "null"] {
         let e = parse_client_frame(text, &models()).expect_err(text);
-        assert_eq!(e.error.code(), "bad_request", "{text}");
+        assert_eq!(e.error.code().as_str(), "bad_request", "{text}");
         assert_eq!(e.id, None);
     }
     refused(json!({"id": "c1"}), "bad_request", None);
@@ -240,10 +240,11 @@ fn server_frames_have_the_documented_shapes() {
             want
         );
     }
-    let err = ChatError::Busy("wait".into());
+    let err = ChatError::Busy(netfly::error::Busy::StreamsPerSocket(4));
     assert_eq!(
         serde_json::from_str::<Value>(&ServerFrame::error(None, &err).to_json()).expect("json"),
-        json!({"type":"error","id":null,"code":"busy","message":"wait","retryable":true})
+        json!({"type":"error","id":null,"code":"busy","retryable":true,
+            "message":"4 chats are already in flight on this connection; wait for one to finish"})
     );
 }
 
