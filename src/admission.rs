@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{AllowedOrigins, Config};
 use crate::error::{Busy, ChatError, Outcome};
-use crate::shared::Shared;
+use crate::metrics::Metrics;
 
 /// Why an upgrade was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +59,10 @@ pub struct Client {
 }
 
 /// The gateway's counters of sockets and chats, shared by every worker.
-#[derive(Debug)]
 pub struct Admission {
+    /// The gateway is shutting down: no new sockets or chats.
+    draining: AtomicBool,
+    metrics: Metrics,
     sockets: Arc<Semaphore>,
     max_sockets: usize,
     chats: Arc<Semaphore>,
@@ -68,7 +71,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(config: &Config) -> Admission {
+    pub fn new(config: &Config, metrics: Metrics) -> Admission {
         let streams = config.max_streams_per_connection;
         // A semaphore counts at most u32::MAX permits at once in `acquire_many`.
         let max_chats = u32::try_from(config.max_connections.saturating_mul(streams))
@@ -76,6 +79,8 @@ impl Admission {
             .min(Semaphore::MAX_PERMITS as u32);
         let max_sockets = config.max_connections.min(Semaphore::MAX_PERMITS);
         Admission {
+            draining: AtomicBool::new(false),
+            metrics,
             sockets: Arc::new(Semaphore::new(max_sockets)),
             max_sockets,
             chats: Arc::new(Semaphore::new(max_chats as usize)),
@@ -87,6 +92,16 @@ impl Admission {
                 table: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Whether the gateway is shutting down (no new sockets or chats).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Starts the drain: new sockets and chats are refused from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// Sockets open now.
@@ -110,78 +125,83 @@ pub struct SocketPermit {
     _ip: Option<IpPermit>,
 }
 
-/// Runs every admission check for a `/ws` upgrade.
-pub fn admit_socket(req: &HttpRequest, shared: &Shared) -> Result<SocketPermit, Refusal> {
-    let config = &shared.config;
-    let admission = &shared.admission;
-    origin_allowed(req, &config.allowed_origins)?;
-    if !config.auth_tokens.is_empty() {
-        let presented = presented_token(req).unwrap_or_default();
-        if !token_accepted(&presented, &config.auth_tokens) {
-            return Err(Refusal::Unauthorized);
+impl Admission {
+    /// Runs every admission check for a `/ws` upgrade.
+    pub fn admit_socket(
+        &self,
+        req: &HttpRequest,
+        config: &Config,
+    ) -> Result<SocketPermit, Refusal> {
+        let admission = self;
+        origin_allowed(req, &config.allowed_origins)?;
+        if !config.auth_tokens.is_empty() {
+            let presented = presented_token(req).unwrap_or_default();
+            if !token_accepted(&presented, &config.auth_tokens) {
+                return Err(Refusal::Unauthorized);
+            }
         }
+        let ip = client_ip(req, &config.trusted_proxies);
+        let ip_permit = match ip {
+            Some(ip) if admission.ips.max_sockets > 0 => Some(
+                admission
+                    .ips
+                    .try_open_socket(ip)
+                    .ok_or(Refusal::TooManyFromIp)?,
+            ),
+            _ => None,
+        };
+        let total = admission
+            .sockets
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full)?;
+        Ok(SocketPermit {
+            client: Client { ip },
+            _total: total,
+            _ip: ip_permit,
+        })
     }
-    let ip = client_ip(req, &config.trusted_proxies);
-    let ip_permit = match ip {
-        Some(ip) if admission.ips.max_sockets > 0 => Some(
-            admission
-                .ips
-                .try_open_socket(ip)
-                .ok_or(Refusal::TooManyFromIp)?,
-        ),
-        _ => None,
-    };
-    let total = admission
-        .sockets
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Refusal::Full)?;
-    Ok(SocketPermit {
-        client: Client { ip },
-        _total: total,
-        _ip: ip_permit,
-    })
-}
 
-/// The one way in for a chat, from either front end: refuses it while
-/// draining or past a limit (counting the refusal), else counts it in
-/// flight and returns its slot.
-pub fn admit_chat(shared: &Arc<Shared>, client: &Client) -> Result<ChatSlot, ChatError> {
-    let refuse = |why: Busy| {
-        let err = ChatError::Busy(why);
-        shared.metrics.chat_ended(Outcome::Failed(err.code()));
-        Err(err)
-    };
-    if shared.draining() {
-        return refuse(Busy::Draining);
+    /// The one way in for a chat, from either front end: refuses it while
+    /// draining or past a limit (counting the refusal), else counts it in
+    /// flight and returns its slot.
+    pub fn admit_chat(&self, client: &Client) -> Result<ChatSlot, ChatError> {
+        let refuse = |why: Busy| {
+            let err = ChatError::Busy(why);
+            self.metrics.chat_ended(Outcome::Failed(err.code()));
+            Err(err)
+        };
+        if self.draining() {
+            return refuse(Busy::Draining);
+        }
+        let admission = self;
+        let Ok(total) = admission.chats.clone().try_acquire_owned() else {
+            return refuse(Busy::ChatsInTotal(admission.max_chats as usize));
+        };
+        let ip = match client.ip {
+            Some(ip) if admission.ips.limits_chats() => match admission.ips.try_start_chat(ip) {
+                Ok(permit) => Some(permit),
+                Err(why) => return refuse(why),
+            },
+            _ => None,
+        };
+        self.metrics.chat_started();
+        Ok(ChatSlot {
+            metrics: self.metrics.clone(),
+            outcome: Outcome::Disconnected,
+            accepted: Instant::now(),
+            deltas: 0,
+            _total: total,
+            _ip: ip,
+        })
     }
-    let admission = &shared.admission;
-    let Ok(total) = admission.chats.clone().try_acquire_owned() else {
-        return refuse(Busy::ChatsInTotal(admission.max_chats as usize));
-    };
-    let ip = match client.ip {
-        Some(ip) if admission.ips.limits_chats() => match admission.ips.try_start_chat(ip) {
-            Ok(permit) => Some(permit),
-            Err(why) => return refuse(why),
-        },
-        _ => None,
-    };
-    shared.metrics.chat_started();
-    Ok(ChatSlot {
-        shared: shared.clone(),
-        outcome: Outcome::Disconnected,
-        accepted: Instant::now(),
-        deltas: 0,
-        _total: total,
-        _ip: ip,
-    })
 }
 
 /// A chat in flight: held from its admission to its end, by whatever owns
 /// the chat. Dropping it counts the chat's outcome (by default
 /// `disconnected`: nobody said otherwise) and frees its place.
 pub struct ChatSlot {
-    shared: Arc<Shared>,
+    metrics: Metrics,
     outcome: Outcome,
     accepted: Instant,
     deltas: u64,
@@ -198,8 +218,7 @@ impl ChatSlot {
     /// Counts one delta handed to a client; its bytes were read from the
     /// upstream at `read_at`.
     pub fn delta_sent(&mut self, read_at: Instant) {
-        self.shared
-            .metrics
+        self.metrics
             .delta_sent(read_at, self.accepted, self.deltas == 0);
         self.deltas += 1;
     }
@@ -207,7 +226,7 @@ impl ChatSlot {
 
 impl Drop for ChatSlot {
     fn drop(&mut self) {
-        self.shared.metrics.chat_finished(self.outcome);
+        self.metrics.chat_finished(self.outcome);
     }
 }
 

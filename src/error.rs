@@ -117,6 +117,8 @@ pub enum ChatError {
     UpstreamBroken(String),
     /// First-byte or idle timeout on the last attempt.
     UpstreamTimeout(String),
+    /// A `resume` named no chat that can still be resumed.
+    ResumeUnavailable(String),
 }
 
 impl ChatError {
@@ -130,6 +132,7 @@ impl ChatError {
             ChatError::UpstreamUnavailable(_) => ErrorCode::UpstreamUnavailable,
             ChatError::UpstreamBroken(_) => ErrorCode::UpstreamBroken,
             ChatError::UpstreamTimeout(_) => ErrorCode::UpstreamTimeout,
+            ChatError::ResumeUnavailable(_) => ErrorCode::ResumeUnavailable,
         }
     }
 
@@ -145,7 +148,8 @@ impl ChatError {
             | ChatError::UpstreamRejected(m)
             | ChatError::UpstreamUnavailable(m)
             | ChatError::UpstreamBroken(m)
-            | ChatError::UpstreamTimeout(m) => Cow::Borrowed(m),
+            | ChatError::UpstreamTimeout(m)
+            | ChatError::ResumeUnavailable(m) => Cow::Borrowed(m),
             ChatError::UnknownModel { model, available } => Cow::Owned(format!(
                 "model {model:?} is not available; choose one of {}",
                 available.join(", ")
@@ -174,6 +178,9 @@ pub enum Outcome {
     /// Its client went away and nobody may resume it (`/v1` hang-up, or a
     /// closed socket with `--resume-window-ms 0`).
     Disconnected,
+    /// Nobody was attached to it for the resume window: its upstream
+    /// request was dropped.
+    Abandoned,
     /// It failed (or was refused) with this code.
     Failed(ErrorCode),
 }
@@ -185,6 +192,7 @@ impl Outcome {
             Outcome::Done => "done",
             Outcome::Cancelled => "cancelled",
             Outcome::Disconnected => "disconnected",
+            Outcome::Abandoned => "abandoned",
             Outcome::Failed(code) => code.as_str(),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod assets;
+pub mod chats;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -10,7 +10,8 @@ use prometheus::{
     TextEncoder,
 };
 
-/// Every series the gateway exports.
+/// Every series the gateway exports (a clone shares them).
+#[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     /// Open WebSockets.
@@ -33,6 +34,10 @@ pub struct Metrics {
     pub ws_refused_total: IntCounterVec,
     /// Sockets closed because their unsent output passed the high-water mark.
     pub ws_slow_consumer_closed_total: IntCounter,
+    /// Chats (running, or ended and retained) with no socket attached.
+    pub chats_detached: IntGauge,
+    /// `resume` frames, by result (`ok`, `unavailable`, `bad_request`, `busy`).
+    pub resumes_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -91,7 +96,15 @@ impl Metrics {
             "netfly_ws_slow_consumer_closed_total",
             "Sockets closed with 1008 because the browser did not read",
         )?;
-        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
+        let chats_detached = IntGauge::new(
+            "netfly_chats_detached",
+            "Chats, running or ended but retained, with no socket attached",
+        )?;
+        let resumes_total = IntCounterVec::new(
+            Opts::new("netfly_resumes_total", "Resume frames, by result"),
+            &["result"],
+        )?;
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
             Box::new(ws_connections.clone()),
             Box::new(chats_active.clone()),
             Box::new(chats_total.clone()),
@@ -102,6 +115,8 @@ impl Metrics {
             Box::new(delta_added_latency_seconds.clone()),
             Box::new(ws_refused_total.clone()),
             Box::new(ws_slow_consumer_closed_total.clone()),
+            Box::new(chats_detached.clone()),
+            Box::new(resumes_total.clone()),
         ];
         for c in collectors {
             registry.register(c)?;
@@ -118,6 +133,8 @@ impl Metrics {
             delta_added_latency_seconds,
             ws_refused_total,
             ws_slow_consumer_closed_total,
+            chats_detached,
+            resumes_total,
         })
     }
 

@@ -44,10 +44,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
 use crate::admission::{self, ChatSlot, Client};
+use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
 use crate::protocol::{self, ChatRequest, ClientFrame};
 use crate::shared::Shared;
-use crate::upstream::{next_chat_key, CancelChat, ChatEvent, EventKind, StartChat, Upstream};
+use crate::upstream::{next_chat_key, CancelChat, ChatEvent, ChatSink, StartChat, Upstream};
 
 /// Chat events buffered between the chat task and the HTTP body; beyond
 /// this the chat's send waits for the client to read.
@@ -101,7 +102,9 @@ fn error_body(kind: &str, code: &str, message: &str) -> Value {
 /// The HTTP status a chat error answers with (see the module table).
 pub fn status_for(err: &ChatError) -> StatusCode {
     match err {
-        ChatError::BadRequest(_) | ChatError::UnknownModel { .. } => StatusCode::BAD_REQUEST,
+        ChatError::BadRequest(_)
+        | ChatError::UnknownModel { .. }
+        | ChatError::ResumeUnavailable(_) => StatusCode::BAD_REQUEST,
         ChatError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         ChatError::UpstreamRejected(_) | ChatError::UpstreamBroken(_) => StatusCode::BAD_GATEWAY,
         ChatError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -233,7 +236,9 @@ fn parse_request(body: &[u8], id: &str, models: &[String]) -> Result<Parsed, Cha
             stream,
             include_usage,
         }),
-        Ok(ClientFrame::Cancel { .. }) => Err(ChatError::BadRequest("not a chat".into())),
+        Ok(ClientFrame::Cancel { .. } | ClientFrame::Resume { .. }) => {
+            Err(ChatError::BadRequest("not a chat".into()))
+        }
         Err(e) => Err(e.error),
     }
 }
@@ -382,7 +387,9 @@ impl SseBody {
     fn render(&mut self, kind: EventKind) -> (Option<Bytes>, bool) {
         let mut out = BytesMut::new();
         match kind {
-            EventKind::Start { .. } | EventKind::Retry { .. } => (None, false),
+            EventKind::Start { .. } | EventKind::Retry { .. } | EventKind::Reasoning { .. } => {
+                (None, false)
+            }
             EventKind::Delta { text, read_at } => {
                 sse_event(&mut out, &self.meta.chunk(json!({ "content": text }), None));
                 self.guard.delta(read_at);
@@ -482,7 +489,7 @@ async fn chat_completions(
     let client = Client {
         ip: admission::client_ip(&req, &shared.config.trusted_proxies),
     };
-    let slot = match admission::admit_chat(shared, &client) {
+    let slot = match shared.admission.admit_chat(&client) {
         Ok(slot) => slot,
         Err(err) => return chat_error_response(&err),
     };
@@ -504,7 +511,10 @@ async fn chat_completions(
     state.upstream.do_send(StartChat {
         key,
         request: parsed.request,
-        events: collector.recipient(),
+        sink: ChatSink::Events {
+            key,
+            to: collector.recipient(),
+        },
     });
 
     if !parsed.stream {
@@ -570,7 +580,7 @@ async fn whole(
             return chat_error_response(&err);
         };
         match event.kind {
-            EventKind::Start { .. } | EventKind::Retry { .. } => {}
+            EventKind::Start { .. } | EventKind::Retry { .. } | EventKind::Reasoning { .. } => {}
             EventKind::Delta { text: t, read_at } => {
                 guard.delta(read_at);
                 text.push_str(&t);

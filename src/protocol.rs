@@ -117,8 +117,20 @@ pub struct ChatRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
     Chat(ChatRequest),
-    Cancel { id: String },
+    Cancel {
+        id: String,
+    },
+    /// Attach chat `id` of `session` to this socket, replaying every frame
+    /// after `after` (PROTOCOL.md §3.3).
+    Resume {
+        session: String,
+        id: String,
+        after: u64,
+    },
 }
+
+/// Longest `session` a client may send (PROTOCOL.md §3.2: at most 64).
+pub const MAX_SESSION_LEN: usize = 64;
 
 /// A client frame that was refused; `id` is set when the error can be tied
 /// to the chat the frame named.
@@ -126,6 +138,8 @@ pub enum ClientFrame {
 pub struct FrameError {
     pub id: Option<String>,
     pub error: ChatError,
+    /// The frame was a `resume` (its refusal is counted as one).
+    pub resume: bool,
 }
 
 impl FrameError {
@@ -133,6 +147,7 @@ impl FrameError {
         FrameError {
             id: None,
             error: ChatError::BadRequest(msg.into()),
+            resume: false,
         }
     }
 }
@@ -163,20 +178,22 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
         Some(_) => return Err(FrameError::untied("\"type\" must be a string")),
         None => return Err(FrameError::untied("frame has no \"type\"")),
     };
-    if kind != "chat" && kind != "cancel" {
+    if !matches!(kind.as_str(), "chat" | "cancel" | "resume") {
         return Err(FrameError::untied(format!(
-            "unknown frame type {kind:?} (expected \"chat\" or \"cancel\")"
+            "unknown frame type {kind:?} (expected \"chat\", \"cancel\" or \"resume\")"
         )));
     }
+    let untied = |msg: &str| FrameError {
+        resume: kind == "resume",
+        ..FrameError::untied(msg)
+    };
     let id = match obj.remove("id") {
         Some(Value::String(s)) if valid_id(&s) => s,
         Some(Value::String(_)) => {
-            return Err(FrameError::untied(
-                "\"id\" must be 1–64 printable ASCII characters",
-            ))
+            return Err(untied("\"id\" must be 1–64 printable ASCII characters"))
         }
-        Some(_) => return Err(FrameError::untied("\"id\" must be a string")),
-        None => return Err(FrameError::untied("frame has no \"id\"")),
+        Some(_) => return Err(untied("\"id\" must be a string")),
+        None => return Err(untied("frame has no \"id\"")),
     };
     if kind == "cancel" {
         return Ok(ClientFrame::Cancel { id });
@@ -184,7 +201,46 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
     let tied = |error: ChatError| FrameError {
         id: Some(id.clone()),
         error,
+        resume: kind == "resume",
     };
+    if kind == "resume" {
+        let session = match obj.get("session") {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_SESSION_LEN => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(tied(ChatError::BadRequest(format!(
+                    "\"session\" must be 1–{MAX_SESSION_LEN} characters"
+                ))))
+            }
+            Some(_) => {
+                return Err(tied(ChatError::BadRequest(
+                    "\"session\" must be a string".into(),
+                )))
+            }
+            None => {
+                return Err(tied(ChatError::BadRequest(
+                    "resume has no \"session\"".into(),
+                )))
+            }
+        };
+        let after = match obj.get("after") {
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| {
+                tied(ChatError::BadRequest(format!(
+                    "\"after\" must be a whole number ≥ 0, got {n}"
+                )))
+            })?,
+            Some(_) => {
+                return Err(tied(ChatError::BadRequest(
+                    "\"after\" must be a whole number ≥ 0".into(),
+                )))
+            }
+            None => {
+                return Err(tied(ChatError::BadRequest(
+                    "resume has no \"after\"".into(),
+                )))
+            }
+        };
+        return Ok(ClientFrame::Resume { session, id, after });
+    }
     let wire: ChatWire = serde_json::from_value(Value::Object(obj))
         .map_err(|e| tied(ChatError::BadRequest(format!("invalid chat frame: {e}"))))?;
     let model = match wire.model {
@@ -217,7 +273,8 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
 
 // ---------------------------------------------------------------- gateway → client
 
-/// Every frame the gateway sends a browser.
+/// Every frame the gateway sends a browser. The frames of an accepted chat
+/// carry its `seq` (PROTOCOL.md §3.2); an `error` refusing a frame has none.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame<'a> {
@@ -225,30 +282,48 @@ pub enum ServerFrame<'a> {
         models: &'a [String],
         default_model: &'a str,
         max_streams: usize,
-    },
-    Start {
-        id: &'a str,
-        model: &'a str,
-        upstream: &'a str,
-        attempt: u32,
-    },
-    Delta {
-        id: &'a str,
-        content: &'a str,
+        /// Names this socket's chats for `resume`.
+        session: &'a str,
+        /// The largest client frame (beyond the contract: lets a page check
+        /// an attachment before sending it).
+        max_frame_bytes: usize,
+        /// The largest image data URL one content part may carry.
+        max_image_bytes: usize,
     },
     Retry {
         id: &'a str,
+        seq: u64,
         attempt: u32,
         delay_ms: u64,
         reason: &'a str,
     },
+    Start {
+        id: &'a str,
+        seq: u64,
+        model: &'a str,
+        upstream: &'a str,
+        attempt: u32,
+    },
+    Reasoning {
+        id: &'a str,
+        seq: u64,
+        content: &'a str,
+    },
+    Delta {
+        id: &'a str,
+        seq: u64,
+        content: &'a str,
+    },
     Done {
         id: &'a str,
+        seq: u64,
         finish_reason: &'a str,
         usage: Option<&'a Value>,
     },
     Error {
         id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
         code: &'static str,
         message: std::borrow::Cow<'a, str>,
         retryable: bool,
@@ -263,10 +338,11 @@ impl ServerFrame<'_> {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
 
-    /// An `error` frame for `err`.
+    /// An `error` frame refusing a client frame (no `seq`).
     pub fn error<'a>(id: Option<&'a str>, err: &'a ChatError) -> ServerFrame<'a> {
         ServerFrame::Error {
             id,
+            seq: None,
             code: err.code().as_str(),
             message: err.message(),
             retryable: err.retryable(),

@@ -9,7 +9,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 
-use crate::admission::{self, Refusal};
+use crate::admission::Refusal;
 use crate::assets;
 use crate::config::{Config, UpstreamSpec};
 use crate::demo::{self, Demo};
@@ -41,7 +41,7 @@ async fn ws_route(
             .insert_header((header::RETRY_AFTER, "1"))
             .body("server shutting down\n"));
     }
-    let refusal = match admission::admit_socket(&req, shared) {
+    let refusal = match shared.admission.admit_socket(&req, &shared.config) {
         Ok(permit) => {
             return session::start(
                 &req,
@@ -122,6 +122,7 @@ pub struct Gateway {
     server: tokio::task::JoinHandle<io::Result<()>>,
     demo: Option<Demo>,
     shared: Arc<Shared>,
+    reaper: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -146,6 +147,7 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let metrics = Metrics::new().map_err(io::Error::other)?;
         let shared = Arc::new(Shared::new(config, targets, metrics));
+        let reaper = actix_rt::spawn(shared.chats.clone().reap());
         let shared_out = shared.clone();
         let user_timeout = shared.config.client_timeout;
         let workers = shared.config.workers;
@@ -197,6 +199,7 @@ impl Gateway {
             server,
             demo,
             shared: shared_out,
+            reaper,
         })
     }
 
@@ -213,11 +216,19 @@ impl Gateway {
         }
     }
 
-    /// Stops the server now: every socket is closed (1001) and the server
-    /// stopped. See [`Gateway::shutdown`] for the graceful path.
+    /// Stops the server now: every chat still running ends with an
+    /// `upstream_unavailable` error, every socket is closed (1001) and the
+    /// server stopped. See [`Gateway::shutdown`] for the graceful path.
     pub async fn stop(self, graceful: bool) {
         self.shared.start_draining();
+        // Every chat still running ends with its terminal frame (PROTOCOL.md
+        // §1), detached ones too; sockets then write what their chats' logs
+        // hold before their close frame.
+        self.shared.end_chats();
+        let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        self.shared.admission.all_chats_ended(settle).await;
         self.shared.close_all();
+        self.reaper.abort();
         if graceful {
             // Let the close frames reach the browsers.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

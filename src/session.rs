@@ -1,57 +1,59 @@
 //! The Session actor: one per WebSocket (PROTOCOL.md §3).
 //!
 //! It parses client frames, enforces the per-socket limits, keeps the
-//! heartbeat, knows which chat ids are in flight and turns chat events into
-//! text frames. When it stops, every chat it started is cancelled. All of
-//! actix-web-actors' API stays inside this file, so moving to `actix-ws`
-//! later touches nothing else.
+//! heartbeat and reads the logs of the chats attached to it: the chats it
+//! started and those it resumed (§3.3). Frames are pulled from a log only
+//! while the socket's unsent output is under [`LOW_WATER`], so a browser
+//! that falls behind stops its chats' logs from being read — and, through
+//! the log's own bound, their upstream reads — instead of growing memory.
+//! When the socket goes, its chats are detached, not cancelled: they run on
+//! for the resume window. All of actix-web-actors' API stays inside this
+//! file, so moving to `actix-ws` later touches nothing else.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Instant;
 
-use actix::dev::MessageResponse;
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytes::Bytes;
+use bytestring::ByteString;
 use futures_util::Stream;
-use tokio::sync::Notify;
 
-use crate::admission::{self, ChatSlot, SocketPermit};
+use crate::admission::SocketPermit;
+use crate::chats::{AttachError, ChatLog, LogReady, ReaderId, SessionId};
 use crate::error::{Busy, ChatError, Outcome};
-use crate::protocol::{self, ClientFrame, FrameError, ServerFrame};
+use crate::protocol::{self, ChatRequest, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
-use crate::upstream::{next_chat_key, CancelChat, ChatEvent, EventKind, StartChat, Upstream};
+use crate::upstream::{next_chat_key, CancelChat, ChatSink, StartChat, Upstream};
 
-/// Unsent output above which a socket's chats stop reading their upstream
-/// until the browser catches up (a slow browser slows the upstream read).
+/// Unsent output under which more frames are pulled from the chats' logs.
 const LOW_WATER: u64 = 1024 * 1024;
-/// Unsent output above which the socket is closed with 1008.
-const HIGH_WATER: u64 = 4 * 1024 * 1024;
 
-/// One chat in flight on this socket.
-struct Slot {
-    key: u64,
+/// A chat attached to this socket.
+struct Attached {
     id: String,
-    model: String,
-    /// Its place in the gateway's limits and its metrics.
-    chat: ChatSlot,
+    log: Arc<ChatLog>,
+    reader: ReaderId,
+    /// The log may hold frames this socket has not pulled yet.
+    pending: bool,
 }
 
 /// Bytes queued on the socket versus bytes handed to the HTTP layer; the
 /// difference is what a browser has not taken yet.
-#[derive(Default)]
-pub struct Output {
+struct Output {
     queued: Cell<u64>,
     flushed: Cell<u64>,
-    drained: Notify,
-    /// The session has stopped: nothing will drain any more.
-    closed: Cell<bool>,
+    /// When bytes last left (a reading browser makes progress).
+    progressed: Cell<Instant>,
+    /// The session stopped pulling for lack of room: tell it when there is.
+    waiting: Cell<bool>,
+    session: RefCell<Option<Addr<Session>>>,
 }
 
 impl Output {
@@ -73,26 +75,23 @@ impl Stream for Counted {
         let polled = self.inner.as_mut().poll_next(cx);
         if let Poll::Ready(Some(Ok(bytes))) = &polled {
             let out = &self.output;
-            let before = out.unsent();
             out.flushed.set(out.flushed.get() + bytes.len() as u64);
-            // Chats wait only while the output is above the low-water mark:
-            // wake them when it crosses back below, not on every write.
-            if before >= LOW_WATER && out.unsent() < LOW_WATER {
-                out.drained.notify_waiters();
+            out.progressed.set(Instant::now());
+            if out.waiting.get() && out.unsent() < LOW_WATER {
+                out.waiting.set(false);
+                if let Some(session) = out.session.borrow().as_ref() {
+                    session.do_send(Drained);
+                }
             }
         }
         polled
     }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        // The connection is gone (closed, reset or aborted by the kernel):
-        // nothing will drain any more, so no chat may wait for it.
-        self.output.closed.set(true);
-        self.output.drained.notify_waiters();
-    }
-}
+/// The socket's output went back under the low-water mark.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Drained;
 
 /// The size on the wire of an unmasked server frame carrying `len` bytes.
 fn frame_len(len: usize) -> u64 {
@@ -116,7 +115,9 @@ struct Partial {
 pub struct Session {
     shared: Arc<Shared>,
     upstream: Addr<Upstream>,
-    chats: Vec<Slot>,
+    /// Names this socket's chats for resumes.
+    session: SessionId,
+    chats: Vec<Attached>,
     last_seen: Instant,
     partial: Option<Partial>,
     output: Rc<Output>,
@@ -134,10 +135,17 @@ pub fn start(
     permit: SocketPermit,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max = shared.config.max_frame_bytes;
-    let output = Rc::new(Output::default());
+    let output = Rc::new(Output {
+        queued: Cell::new(0),
+        flushed: Cell::new(0),
+        progressed: Cell::new(Instant::now()),
+        waiting: Cell::new(false),
+        session: RefCell::new(None),
+    });
     let session = Session {
         shared,
         upstream,
+        session: SessionId::random(),
         chats: Vec::new(),
         last_seen: Instant::now(),
         partial: None,
@@ -153,34 +161,29 @@ pub fn start(
     }))
 }
 
+type Ctx = ws::WebsocketContext<Session>;
+
 impl Session {
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame<'_>) {
-        self.write(ctx, frame.to_json());
+    fn send(&self, ctx: &mut Ctx, frame: &ServerFrame<'_>) {
+        self.write(ctx, frame.to_json().into());
     }
 
     /// Queues one text frame, accounting for it in the unsent output.
-    fn write(&self, ctx: &mut ws::WebsocketContext<Self>, text: String) {
+    fn write(&self, ctx: &mut Ctx, text: ByteString) {
         let out = &self.output;
         out.queued.set(out.queued.get() + frame_len(text.len()));
         ctx.text(text);
     }
 
-    /// Removes the chat at `pos`, counting how it ended.
-    fn finish(&mut self, pos: usize, outcome: Outcome) -> Slot {
-        let mut slot = self.chats.remove(pos);
-        slot.chat.set_outcome(outcome);
-        slot
-    }
-
-    fn send_error(&self, ctx: &mut ws::WebsocketContext<Self>, id: Option<&str>, err: &ChatError) {
+    fn send_error(&self, ctx: &mut Ctx, id: Option<&str>, err: &ChatError) {
         self.send(ctx, &ServerFrame::error(id, err));
     }
 
     fn position(&self, id: &str) -> Option<usize> {
-        self.chats.iter().position(|s| s.id == id)
+        self.chats.iter().position(|c| c.id == id)
     }
 
-    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: ws::CloseCode, why: &str) {
+    fn close(&self, ctx: &mut Ctx, code: ws::CloseCode, why: &str) {
         ctx.close(Some(ws::CloseReason {
             code,
             description: Some(why.to_owned()),
@@ -188,67 +191,34 @@ impl Session {
         ctx.stop();
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    /// Refuses a chat or resume that would pass `--max-streams-per-connection`.
+    fn streams_full(&self) -> Option<ChatError> {
+        let max = self.shared.config.max_streams_per_connection;
+        (self.chats.len() >= max).then_some(ChatError::Busy(Busy::StreamsPerSocket(max)))
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
         if self.shared.config.fault_injection && text.contains("netfly-fault:panic-session") {
             panic!("fault injection: session panic");
         }
         match protocol::parse_client_frame(text, &self.shared.config.models) {
-            Ok(ClientFrame::Chat(request)) => {
-                if self.position(&request.id).is_some() {
-                    let err = ChatError::BadRequest(format!(
-                        "duplicate id {:?}: a chat with this id is already in flight",
-                        request.id
-                    ));
-                    self.send_error(ctx, None, &err);
-                    return;
-                }
-                let max = self.shared.config.max_streams_per_connection;
-                let admitted = if self.chats.len() >= max {
-                    let err = ChatError::Busy(Busy::StreamsPerSocket(max));
-                    self.shared.metrics.chat_ended(Outcome::Failed(err.code()));
-                    Err(err)
-                } else {
-                    admission::admit_chat(&self.shared, &self.permit.client)
-                };
-                let chat = match admitted {
-                    Ok(chat) => chat,
-                    Err(err) => {
-                        self.send_error(ctx, Some(&request.id), &err);
-                        return;
-                    }
-                };
-                let key = next_chat_key();
-                self.chats.push(Slot {
-                    key,
-                    id: request.id.clone(),
-                    model: request.model.clone(),
-                    chat,
-                });
-                self.upstream.do_send(StartChat {
-                    key,
-                    request,
-                    events: ctx.address().recipient(),
-                });
-            }
+            Ok(ClientFrame::Chat(request)) => self.on_chat(request, ctx),
             Ok(ClientFrame::Cancel { id }) => {
-                // Cancelling a chat that is not in flight is ignored.
+                // Cancelling a chat that is not in flight is ignored. The
+                // `done` it gets arrives through its log, like any frame.
                 if let Some(pos) = self.position(&id) {
-                    let slot = self.finish(pos, Outcome::Cancelled);
-                    self.upstream.do_send(CancelChat { key: slot.key });
-                    self.send(
-                        ctx,
-                        &ServerFrame::Done {
-                            id: &slot.id,
-                            finish_reason: "cancelled",
-                            usage: None,
-                        },
-                    );
+                    self.chats[pos].log.cancel();
                 }
             }
-            Err(FrameError { id, error }) => {
+            Ok(ClientFrame::Resume { session, id, after }) => {
+                self.on_resume(&session, id, after, ctx)
+            }
+            Err(FrameError { id, error, resume }) => {
                 // Never tie an error to a chat that is running under that id.
                 let id = id.filter(|i| self.position(i).is_none());
-                if id.is_some() {
+                if resume {
+                    self.resumed("bad_request");
+                } else if id.is_some() {
                     self.shared
                         .metrics
                         .chat_ended(Outcome::Failed(error.code()));
@@ -258,14 +228,161 @@ impl Session {
         }
     }
 
-    fn on_binary(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_chat(&mut self, request: ChatRequest, ctx: &mut Ctx) {
+        if self.position(&request.id).is_some() {
+            let err = ChatError::BadRequest(format!(
+                "duplicate id {:?}: a chat with this id is already in flight",
+                request.id
+            ));
+            self.send_error(ctx, None, &err);
+            return;
+        }
+        let admitted = match self.streams_full() {
+            Some(err) => {
+                self.shared.metrics.chat_ended(Outcome::Failed(err.code()));
+                Err(err)
+            }
+            None => self.shared.admission.admit_chat(&self.permit.client),
+        };
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(err) => {
+                self.send_error(ctx, Some(&request.id), &err);
+                return;
+            }
+        };
+        let key = next_chat_key();
+        let upstream = self.upstream.clone();
+        let log = self.shared.chats.start(
+            &self.session,
+            key,
+            &request.id,
+            &request.model,
+            slot,
+            Box::new(move || upstream.do_send(CancelChat { key })),
+            ctx.address().recipient(),
+        );
+        self.chats.push(Attached {
+            id: request.id.clone(),
+            log: log.clone(),
+            reader: ChatLog::FIRST,
+            pending: false,
+        });
+        self.upstream.do_send(StartChat {
+            key,
+            request,
+            sink: ChatSink::Log(log),
+        });
+    }
+
+    /// Counts one `resume` by its result.
+    fn resumed(&self, result: &str) {
+        self.shared
+            .metrics
+            .resumes_total
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    fn on_resume(&mut self, session: &str, id: String, after: u64, ctx: &mut Ctx) {
+        let refuse = |s: &Self, ctx: &mut Ctx, id: Option<&str>, err: ChatError, result| {
+            s.resumed(result);
+            s.send_error(ctx, id, &err);
+        };
+        if self.position(&id).is_some() {
+            let err = ChatError::BadRequest(format!(
+                "a chat with id {id:?} is already in flight on this socket"
+            ));
+            return refuse(self, ctx, None, err, "bad_request");
+        }
+        let unavailable = || {
+            ChatError::ResumeUnavailable(format!(
+                "chat {id:?} of that session cannot be resumed: unknown, expired or dropped"
+            ))
+        };
+        let Some(log) = SessionId::parse(session).and_then(|s| self.shared.chats.find(&s, &id))
+        else {
+            return refuse(self, ctx, Some(&id), unavailable(), "unavailable");
+        };
+        if let Some(err) = self.streams_full() {
+            return refuse(self, ctx, Some(&id), err, "busy");
+        }
+        match log.attach(ctx.address().recipient(), after) {
+            Ok(reader) => {
+                self.resumed("ok");
+                self.shared.chats.name(&self.session, &log);
+                self.chats.push(Attached {
+                    id,
+                    log,
+                    reader,
+                    pending: true,
+                });
+                self.pump(ctx);
+            }
+            Err(AttachError::AfterPastEnd { after, last }) => {
+                let err = ChatError::BadRequest(format!(
+                    "\"after\" is {after} but chat {id:?} has sent only {last} frames"
+                ));
+                refuse(self, ctx, Some(&id), err, "bad_request");
+            }
+            Err(AttachError::Unavailable) => {
+                refuse(self, ctx, Some(&id), unavailable(), "unavailable")
+            }
+        }
+    }
+
+    /// Writes what the attached logs hold for this socket while its output
+    /// has room (each log in turn, so several chats interleave), or all of
+    /// it when `flush_all` (the socket is about to close).
+    fn pump(&mut self, ctx: &mut Ctx) {
+        self.pump_with(ctx, false);
+    }
+
+    fn pump_with(&mut self, ctx: &mut Ctx, flush_all: bool) {
+        loop {
+            let mut progressed = false;
+            let mut i = 0;
+            while i < self.chats.len() {
+                let room = LOW_WATER.saturating_sub(self.output.unsent());
+                if !flush_all && room == 0 {
+                    self.output.waiting.set(true);
+                    return;
+                }
+                let chat = &mut self.chats[i];
+                if !chat.pending {
+                    i += 1;
+                    continue;
+                }
+                let budget = if flush_all { usize::MAX } else { room as usize };
+                let pulled = chat.log.pull(chat.reader, budget);
+                chat.pending = pulled.more;
+                let ended = pulled.ended;
+                for entry in pulled.entries {
+                    progressed = true;
+                    self.write(ctx, entry.text);
+                }
+                if ended {
+                    self.chats.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+}
+
+impl Session {
+    fn on_binary(&mut self, ctx: &mut Ctx) {
         let err = ChatError::BadRequest(
             "binary frames are not supported: send JSON objects as text frames".into(),
         );
         self.send_error(ctx, None, &err);
     }
 
-    fn on_continuation(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_continuation(&mut self, item: Item, ctx: &mut Ctx) {
         let max = self.shared.config.max_frame_bytes;
         let (first, bytes, last) = match item {
             Item::FirstText(b) => (Some(false), b, false),
@@ -314,10 +431,11 @@ impl Session {
 }
 
 impl Actor for Session {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Ctx;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Ctx) {
         self.shared.metrics.ws_connections.inc();
+        *self.output.session.borrow_mut() = Some(ctx.address());
         let mut closing = self.shared.closing();
         ctx.spawn(
             async move {
@@ -325,6 +443,8 @@ impl Actor for Session {
             }
             .into_actor(self)
             .map(|_, act, ctx| {
+                // Every frame already in the logs goes out before the close.
+                act.pump_with(ctx, true);
                 act.close(ctx, ws::CloseCode::Away, "server shutting down");
             }),
         );
@@ -335,53 +455,87 @@ impl Actor for Session {
                 models: &config.models,
                 default_model: config.default_model(),
                 max_streams: config.max_streams_per_connection,
+                session: self.session.as_str(),
+                max_frame_bytes: config.max_frame_bytes,
+                max_image_bytes: config.max_image_bytes,
             },
         );
         let timeout = config.client_timeout;
         ctx.run_interval(config.heartbeat_interval, move |act, ctx| {
+            let out = &act.output;
             if act.last_seen.elapsed() > timeout {
                 log::info!(
                     "websocket client silent for {} ms: dropped",
                     timeout.as_millis()
                 );
                 ctx.stop();
+            } else if out.unsent() > 0 && out.progressed.get().elapsed() > timeout {
+                // Slowness is no progress over time, never a byte count: a
+                // browser that takes bytes, however slowly, is kept.
+                log::warn!(
+                    "websocket closed: {} bytes unsent and none taken for {} ms",
+                    out.unsent(),
+                    timeout.as_millis()
+                );
+                act.shared.metrics.ws_slow_consumer_closed_total.inc();
+                act.close(
+                    ctx,
+                    ws::CloseCode::Policy,
+                    "the client is not reading its frames",
+                );
             } else {
-                let out = &act.output;
                 out.queued.set(out.queued.get() + frame_len(0));
                 ctx.ping(b"");
             }
         });
     }
 
-    fn stopped(&mut self, _: &mut Self::Context) {
+    fn stopped(&mut self, _: &mut Ctx) {
         self.shared.metrics.ws_connections.dec();
-        // Each chat's slot counts it as disconnected when dropped.
-        for slot in self.chats.drain(..) {
-            self.upstream.do_send(CancelChat { key: slot.key });
+        self.output.session.borrow_mut().take();
+        // The chats run on for the resume window (or, with none, end now).
+        for chat in self.chats.drain(..) {
+            chat.log.detach(chat.reader);
         }
-        // Wake chats waiting for this socket to drain: it never will.
-        self.output.closed.set(true);
-        self.output.drained.notify_waiters();
+    }
+}
+
+impl Handler<LogReady> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: LogReady, ctx: &mut Ctx) {
+        if let Some(chat) = self.chats.iter_mut().find(|c| c.log.key == msg.key) {
+            chat.pending = true;
+            self.contained(ctx, |s, ctx| s.pump(ctx));
+        }
+    }
+}
+
+impl Handler<Drained> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Drained, ctx: &mut Ctx) {
+        self.contained(ctx, |s, ctx| s.pump(ctx));
     }
 }
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Ctx) {
         self.contained(ctx, |s, ctx| s.on_message(msg, ctx));
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
+    fn finished(&mut self, ctx: &mut Ctx) {
         // The browser's side of the socket is gone.
         ctx.stop();
     }
 }
 
 impl Session {
-    /// Runs `f`; a panic inside it closes this socket (1011) and cancels
-    /// its chats, and never reaches the worker or any other socket.
-    fn contained<F>(&mut self, ctx: &mut ws::WebsocketContext<Self>, f: F)
+    /// Runs `f`; a panic inside it closes this socket (1011), and never
+    /// reaches the worker or any other socket.
+    fn contained<F>(&mut self, ctx: &mut Ctx, f: F)
     where
-        F: FnOnce(&mut Self, &mut ws::WebsocketContext<Self>),
+        F: FnOnce(&mut Self, &mut Ctx),
     {
         let run = std::panic::AssertUnwindSafe(|| f(self, ctx));
         if std::panic::catch_unwind(run).is_err() {
@@ -390,11 +544,7 @@ impl Session {
         }
     }
 
-    fn on_message(
-        &mut self,
-        msg: Result<ws::Message, ws::ProtocolError>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn on_message(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Ctx) {
         self.last_seen = Instant::now();
         match msg {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
@@ -418,122 +568,6 @@ impl Session {
                 log::debug!("websocket protocol error: {e}");
                 self.close(ctx, ws::CloseCode::Protocol, "protocol error");
             }
-        }
-    }
-}
-
-/// The answer to a chat event: at once while the socket keeps up (the
-/// common case: no task, no allocation), or once its unsent output is back
-/// under the low-water mark. The chat's send awaits it, so its upstream read
-/// pauses while the browser is behind.
-pub enum Ack {
-    Now,
-    WhenDrained(Rc<Output>),
-}
-
-impl MessageResponse<Session, ChatEvent> for Ack {
-    fn handle(
-        self,
-        _: &mut ws::WebsocketContext<Session>,
-        tx: Option<actix::dev::OneshotSender<()>>,
-    ) {
-        let Some(tx) = tx else { return };
-        match self {
-            Ack::Now => {
-                let _ = tx.send(());
-            }
-            Ack::WhenDrained(output) => {
-                actix_rt::spawn(async move {
-                    loop {
-                        let drained = output.drained.notified();
-                        if output.unsent() < LOW_WATER || output.closed.get() {
-                            break;
-                        }
-                        drained.await;
-                    }
-                    let _ = tx.send(());
-                });
-            }
-        }
-    }
-}
-
-impl Handler<ChatEvent> for Session {
-    type Result = Ack;
-
-    fn handle(&mut self, msg: ChatEvent, ctx: &mut Self::Context) -> Self::Result {
-        self.contained(ctx, |s, ctx| s.on_event(msg, ctx));
-        if self.output.unsent() < LOW_WATER {
-            Ack::Now
-        } else {
-            Ack::WhenDrained(self.output.clone())
-        }
-    }
-}
-
-impl Session {
-    fn on_event(&mut self, msg: ChatEvent, ctx: &mut ws::WebsocketContext<Self>) {
-        let Some(pos) = self.chats.iter().position(|s| s.key == msg.key) else {
-            return; // cancelled or finished: late events are dropped
-        };
-        let slot = &mut self.chats[pos];
-        let id = slot.id.as_str();
-        let text = match &msg.kind {
-            EventKind::Start { upstream, attempt } => ServerFrame::Start {
-                id,
-                model: &slot.model,
-                upstream,
-                attempt: *attempt,
-            }
-            .to_json(),
-            EventKind::Retry {
-                attempt,
-                delay,
-                reason,
-            } => ServerFrame::Retry {
-                id,
-                attempt: *attempt,
-                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                reason,
-            }
-            .to_json(),
-            EventKind::Delta { text, read_at } => {
-                let frame = ServerFrame::Delta { id, content: text }.to_json();
-                slot.chat.delta_sent(*read_at);
-                frame
-            }
-            EventKind::Done {
-                finish_reason,
-                usage,
-            } => ServerFrame::Done {
-                id,
-                finish_reason,
-                usage: usage.as_ref(),
-            }
-            .to_json(),
-            EventKind::Failed(err) => ServerFrame::error(Some(id), err).to_json(),
-        };
-        self.write(ctx, text);
-        match &msg.kind {
-            EventKind::Done { .. } => {
-                self.finish(pos, Outcome::Done);
-            }
-            EventKind::Failed(err) => {
-                self.finish(pos, Outcome::Failed(err.code()));
-            }
-            _ => {}
-        }
-        if self.output.unsent() > HIGH_WATER {
-            log::warn!(
-                "websocket closed: {} bytes unsent (browser not reading)",
-                self.output.unsent()
-            );
-            self.shared.metrics.ws_slow_consumer_closed_total.inc();
-            self.close(
-                ctx,
-                ws::CloseCode::Policy,
-                "too much unsent output: the client is not reading",
-            );
         }
     }
 }

@@ -1,11 +1,12 @@
 //! What every worker of one gateway shares: configuration, the resolved
 //! upstreams, metrics and the shutdown state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::admission::Admission;
+use crate::chats::Chats;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::target::Targets;
@@ -16,30 +17,44 @@ pub struct Shared {
     pub targets: Targets,
     pub metrics: Metrics,
     pub admission: Admission,
-    draining: AtomicBool,
+    /// Every resumable chat, by session and id.
+    pub chats: Arc<Chats>,
     closing: watch::Sender<bool>,
+    ending: watch::Sender<bool>,
 }
 
 impl Shared {
     pub fn new(config: Config, targets: Targets, metrics: Metrics) -> Shared {
         Shared {
-            admission: Admission::new(&config),
+            admission: Admission::new(&config, metrics.clone()),
+            chats: Chats::new(config.resume, metrics.clone()),
             config,
             targets,
             metrics,
-            draining: AtomicBool::new(false),
             closing: watch::Sender::new(false),
+            ending: watch::Sender::new(false),
         }
     }
 
     /// Whether the gateway is shutting down (no new sockets or chats).
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.admission.draining()
     }
 
     /// Starts the drain: new sockets and chats are refused from now on.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.admission.start_draining();
+    }
+
+    /// Tells every chat still running to end now, with its terminal frame
+    /// (the shutdown grace period is over).
+    pub fn end_chats(&self) {
+        self.ending.send_replace(true);
+    }
+
+    /// Resolves when `end_chats` has been called.
+    pub fn chats_ending(&self) -> watch::Receiver<bool> {
+        self.ending.subscribe()
     }
 
     /// Tells every socket to close now (code 1001).

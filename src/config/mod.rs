@@ -39,6 +39,19 @@ impl std::fmt::Display for UpstreamSpec {
     }
 }
 
+/// Chats that outlive their socket: the resume window and the log bounds
+/// (PROTOCOL.md §3.3, README "Resume").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeLimits {
+    /// How long a chat with no socket attached keeps running, and an ended
+    /// chat's log is kept (zero: no logs, a closed socket cancels).
+    pub window: Duration,
+    /// Bytes one chat's log may retain.
+    pub per_chat: usize,
+    /// Bytes all retained logs together may hold.
+    pub total: usize,
+}
+
 /// Which browser origins may open `/ws`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -73,6 +86,8 @@ pub struct Config {
     pub max_connections: usize,
     pub max_streams_per_connection: usize,
     pub max_frame_bytes: usize,
+    /// Longest image data URL one content part may carry.
+    pub max_image_bytes: usize,
     /// Sockets open at once from one client address (0 = no limit).
     pub max_connections_per_ip: usize,
     /// Chats started per minute from one client address (0 = no limit).
@@ -85,6 +100,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Worker threads (each with its own sessions and upstream client).
     pub workers: usize,
+    /// Chats outliving their socket: the window and the log bounds.
+    pub resume: ResumeLimits,
     /// Test-only fault injection (no flag or variable sets it): a chat
     /// whose text contains `netfly-fault:panic-session` or
     /// `netfly-fault:panic-chat` panics in its session or its chat task, to
@@ -178,6 +195,18 @@ struct Flags {
     /// Worker threads; default = number of CPU cores [env: NETFLY_WORKERS]
     #[arg(long)]
     workers: Option<String>,
+    /// Longest image data URL a content part may carry, bytes [env: NETFLY_MAX_IMAGE_BYTES] [default: 1048576]
+    #[arg(long)]
+    max_image_bytes: Option<String>,
+    /// How long a chat whose socket went away keeps running and stays resumable, ms; 0 = a closed socket cancels its chats [env: NETFLY_RESUME_WINDOW_MS] [default: 60000]
+    #[arg(long)]
+    resume_window_ms: Option<String>,
+    /// Bytes of frames one chat's log may keep for resumes [env: NETFLY_RESUME_MAX_CHAT_BYTES] [default: 4194304]
+    #[arg(long)]
+    resume_max_chat_bytes: Option<String>,
+    /// Bytes of frames all chat logs together may keep [env: NETFLY_RESUME_MAX_BYTES] [default: 268435456]
+    #[arg(long)]
+    resume_max_bytes: Option<String>,
 }
 
 /// One raw option value and the name (flag or variable) it came from.
@@ -461,6 +490,10 @@ impl Config {
             128,
             "expected a whole number of bytes ≥ 128",
         )?;
+        let max_image_bytes = at_least_one(
+            pick(f.max_image_bytes, "max-image-bytes", lookup),
+            1_048_576usize,
+        )?;
         let max_connections_per_ip = limit(pick(
             f.max_connections_per_ip,
             "max-connections-per-ip",
@@ -497,6 +530,17 @@ impl Config {
                 return Err(format!("no upstream serves model {model:?}: add it to an upstream's models or remove it from the model list"));
             }
         }
+        let resume = ResumeLimits {
+            window: ms(f.resume_window_ms, "resume-window-ms", 60_000, 0)?,
+            per_chat: at_least_one(
+                pick(f.resume_max_chat_bytes, "resume-max-chat-bytes", lookup),
+                4 * 1024 * 1024usize,
+            )?,
+            total: at_least_one(
+                pick(f.resume_max_bytes, "resume-max-bytes", lookup),
+                256 * 1024 * 1024usize,
+            )?,
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = at_least_one(pick(f.workers, "workers", lookup), cores)?;
         Ok(Config {
@@ -517,6 +561,7 @@ impl Config {
             max_connections,
             max_streams_per_connection,
             max_frame_bytes,
+            max_image_bytes,
             max_connections_per_ip,
             max_chats_per_minute_per_ip,
             trusted_proxies,
@@ -525,6 +570,7 @@ impl Config {
             demo_word_delay,
             shutdown_grace,
             workers,
+            resume,
             fault_injection: false,
         })
     }

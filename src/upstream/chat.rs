@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use awc::http::header;
 use bytes::Bytes;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -17,7 +16,8 @@ use super::completion::{self, Decoded, WholeBody};
 use super::retry::{self, AttemptError, Verdict};
 use super::sse;
 use super::target::Target;
-use super::{ChatEvent, EventKind};
+use super::ChatSink;
+use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
 use crate::protocol::{ChatRequest, UpstreamRequest};
 use crate::shared::Shared;
@@ -69,23 +69,28 @@ struct Progress {
 pub(super) struct ChatTask {
     pub(super) shared: Arc<Shared>,
     pub(super) clients: Rc<[awc::Client]>,
-    pub(super) key: u64,
-    pub(super) events: Recipient<ChatEvent>,
+    pub(super) sink: ChatSink,
     pub(super) request: ChatRequest,
 }
 
 /// Logs the chat's outcome once, however the task ends (even when aborted).
-struct ChatLog {
+struct OutcomeLine {
     id: String,
     model: String,
+    sink: ChatSink,
     began: Instant,
     progress: Progress,
 }
 
-impl Drop for ChatLog {
+impl Drop for OutcomeLine {
     fn drop(&mut self) {
         let p = &self.progress;
-        let outcome = p.outcome.unwrap_or(Outcome::Cancelled);
+        // Not set by the task: it was stopped (cancel, close, shutdown);
+        // the chat's log knows how it ended.
+        let outcome = p
+            .outcome
+            .or_else(|| self.sink.outcome())
+            .unwrap_or(Outcome::Cancelled);
         log::info!(
             "chat id={:?} model={} upstream={} attempts={} deltas={} duration_ms={} outcome={}",
             self.id,
@@ -105,23 +110,9 @@ type Resp = awc::ClientResponse;
 const MAX_BATCH: usize = 256;
 
 impl ChatTask {
-    /// Queues an event without waiting for the session to take it (the
-    /// next awaited [`ChatTask::emit`] applies the backpressure).
-    fn emit_nowait(&self, kind: EventKind) {
-        self.events.do_send(ChatEvent {
-            key: self.key,
-            kind,
-        });
-    }
-
+    /// Hands one event on (see [`ChatSink::emit`]).
     async fn emit(&self, kind: EventKind) -> bool {
-        self.events
-            .send(ChatEvent {
-                key: self.key,
-                kind,
-            })
-            .await
-            .is_ok()
+        self.sink.emit(&mut vec![kind]).await
     }
 
     pub(super) async fn run(self) {
@@ -134,7 +125,8 @@ impl ChatTask {
         {
             panic!("fault injection: chat task panic");
         }
-        let mut log = ChatLog {
+        let mut log = OutcomeLine {
+            sink: self.sink.clone(),
             id: self.request.id.clone(),
             model: self.request.model.clone(),
             began: Instant::now(),
@@ -349,6 +341,7 @@ impl ChatTask {
         let mut finish_reason: Option<String> = None;
         let mut usage: Option<Value> = None;
         let mut saw_chunk = false;
+        let mut batch: Vec<EventKind> = Vec::new();
         loop {
             let bytes = match tokio::time::timeout(idle, resp.next()).await {
                 Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
@@ -376,30 +369,15 @@ impl ChatTask {
                     None => break,
                 }
             }
-            // The deltas of one read are queued at once and only the last
-            // one is awaited, so the session writes them to the socket in
-            // one go (one syscall per read, not per delta); the await on the
-            // last one keeps the backpressure.
-            let mut held: Option<EventKind> = None;
+            // The fragments of one read are handed on together (one socket
+            // write, not one per delta); the sink's wait applies to the batch.
             for ev in events.drain(..) {
-                let decoded = completion::decode_event(&ev);
-                if !matches!(
-                    decoded,
-                    Ok(Decoded::Heartbeat)
-                        | Ok(Decoded::Chunk {
-                            content: Some(_),
-                            ..
-                        })
-                ) {
-                    if let Some(d) = held.take() {
-                        if !self.emit(d).await {
-                            return AttemptEnd::ClientGone;
-                        }
-                    }
-                }
-                match decoded {
+                match completion::decode_event(&ev) {
                     Ok(Decoded::Heartbeat) => {}
                     Ok(Decoded::Done) => {
+                        if !self.sink.emit(&mut batch).await {
+                            return AttemptEnd::ClientGone;
+                        }
                         return AttemptEnd::Finished {
                             finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
                             usage,
@@ -422,20 +400,20 @@ impl ChatTask {
                         }
                         if let Some(text) = content {
                             p.committed = true;
-                            let delta = EventKind::Delta { text, read_at };
-                            if let Some(prev) = held.replace(delta) {
-                                self.emit_nowait(prev);
-                            }
+                            batch.push(EventKind::Delta { text, read_at });
                             p.deltas += 1;
                         }
                     }
-                    Err(e) => return AttemptEnd::Failed(AttemptError::StreamError(e.message)),
+                    Err(e) => {
+                        if !self.sink.emit(&mut batch).await {
+                            return AttemptEnd::ClientGone;
+                        }
+                        return AttemptEnd::Failed(AttemptError::StreamError(e.message));
+                    }
                 }
             }
-            if let Some(d) = held.take() {
-                if !self.emit(d).await {
-                    return AttemptEnd::ClientGone;
-                }
+            if !self.sink.emit(&mut batch).await {
+                return AttemptEnd::ClientGone;
             }
             match ended {
                 None => {}

@@ -20,54 +20,87 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
-use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::error::ChatError;
+use crate::chats::{ChatLog, EventKind};
+use crate::error::{ChatError, Outcome};
 use crate::protocol::ChatRequest;
 use crate::shared::Shared;
 use chat::ChatTask;
 use target::Target;
 
-/// What a chat tells whoever started it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EventKind {
-    /// An upstream answered 2xx (sent at most once per chat).
-    Start { upstream: String, attempt: u32 },
-    /// A new attempt is about to be made after `delay`.
-    Retry {
-        attempt: u32,
-        delay: Duration,
-        reason: String,
-    },
-    /// One content fragment, exactly as the upstream sent it, with the
-    /// moment its bytes were read from the upstream.
-    Delta { text: String, read_at: Instant },
-    /// The chat finished.
-    Done {
-        finish_reason: String,
-        usage: Option<Value>,
-    },
-    /// The chat failed.
-    Failed(ChatError),
-}
-
-impl EventKind {
-    /// Whether nothing follows this event for its chat.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, EventKind::Done { .. } | EventKind::Failed(_))
-    }
-}
-
-/// One event of the chat `key`, sent to the chat's recipient.
+/// One event of the chat `key`, sent to an HTTP chat's recipient.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct ChatEvent {
     pub key: u64,
     pub kind: EventKind,
+}
+
+/// Where a chat's events go.
+#[derive(Clone)]
+pub enum ChatSink {
+    /// A WebSocket chat: its log, read by the sockets attached to it.
+    Log(Arc<ChatLog>),
+    /// An HTTP chat: a recipient taking its events with an awaited send.
+    Events { key: u64, to: Recipient<ChatEvent> },
+}
+
+impl ChatSink {
+    /// Hands every event of `batch` on (draining it) and waits while the
+    /// reader is behind: a burst is queued at once and the wait applies to
+    /// it as a whole, so it reaches a socket in one write. False: nobody
+    /// takes the chat's events any more (ended, or its client gone).
+    pub async fn emit(&self, batch: &mut Vec<EventKind>) -> bool {
+        match self {
+            ChatSink::Log(log) => {
+                let open = log.append(batch.drain(..));
+                if open {
+                    log.writable().await;
+                }
+                open
+            }
+            ChatSink::Events { key, to } => {
+                let Some(last) = batch.pop() else {
+                    return true;
+                };
+                for kind in batch.drain(..) {
+                    to.do_send(ChatEvent { key: *key, kind });
+                }
+                to.send(ChatEvent {
+                    key: *key,
+                    kind: last,
+                })
+                .await
+                .is_ok()
+            }
+        }
+    }
+
+    /// Ends the chat with `err` now (its task is stopping).
+    fn fail(&self, err: ChatError) {
+        match self {
+            ChatSink::Log(log) => {
+                let outcome = Outcome::Failed(err.code());
+                log.end(err, outcome);
+            }
+            ChatSink::Events { key, to } => to.do_send(ChatEvent {
+                key: *key,
+                kind: EventKind::Failed(err),
+            }),
+        }
+    }
+
+    /// How the chat ended, when its log knows.
+    fn outcome(&self) -> Option<Outcome> {
+        match self {
+            ChatSink::Log(log) => log.outcome(),
+            ChatSink::Events { .. } => None,
+        }
+    }
 }
 
 /// Process-wide chat keys, for every front end (WebSocket sessions and the
@@ -80,14 +113,14 @@ pub fn next_chat_key() -> u64 {
     NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Start the chat `request`; its events go to `events`, tagged with `key`
-/// (unique per process, so a reused client id never receives stale events).
+/// Start the chat `key` (unique per process, so a reused client id never
+/// receives stale events); its events go to `sink`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StartChat {
     pub key: u64,
     pub request: ChatRequest,
-    pub events: Recipient<ChatEvent>,
+    pub sink: ChatSink,
 }
 
 /// Drop the chat `key` now (its upstream connection is closed).
@@ -158,25 +191,30 @@ impl Handler<StartChat> for Upstream {
 
     fn handle(&mut self, msg: StartChat, ctx: &mut Self::Context) {
         let key = msg.key;
+        let sink = msg.sink;
         let chat = ChatTask {
             shared: self.shared.clone(),
             clients: self.clients.clone(),
-            key,
-            events: msg.events,
+            sink: sink.clone(),
             request: msg.request,
         };
         let me = ctx.address();
-        let events = chat.events.clone();
+        let mut ending = self.shared.chats_ending();
         let handle = actix_rt::spawn(async move {
             // A panic inside one chat ends that chat only, with an error.
-            let run = std::panic::AssertUnwindSafe(chat.run());
-            if futures_util::FutureExt::catch_unwind(run).await.is_err() {
-                log::error!("chat task panicked; ending that chat only");
-                let err = ChatError::UpstreamBroken("internal error in the gateway".into());
-                events.do_send(ChatEvent {
-                    key,
-                    kind: EventKind::Failed(err),
-                });
+            let run =
+                futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(chat.run()));
+            let mut run = std::pin::pin!(run);
+            tokio::select! {
+                ran = &mut run => if ran.is_err() {
+                    log::error!("chat task panicked; ending that chat only");
+                    sink.fail(ChatError::UpstreamBroken("internal error in the gateway".into()));
+                },
+                // The shutdown grace period is over: the chat ends with its
+                // terminal frame before its task goes.
+                _ = ending.wait_for(|e| *e) => sink.fail(ChatError::UpstreamUnavailable(
+                    "the server is shutting down; retry shortly".into(),
+                )),
             }
             me.do_send(ChatFinished { key });
         });

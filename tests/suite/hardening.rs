@@ -958,14 +958,15 @@ async fn enormous_single_delta_to_a_non_reader() {
 // ---------------------------------------------------------------------------
 
 /// A raw client that neither reads nor answers pings (its host vanished):
-/// dropped by the heartbeat, and its chat's upstream request dropped too,
-/// within about 2 s.
+/// dropped by the heartbeat, and (with `--resume-window-ms 0`) its chat's
+/// upstream request dropped too, within about 2 s.
 #[actix_web::test]
 async fn vanished_raw_peer_is_dropped_with_its_upstream_request() {
     let fake = FakeUpstream::start(vec![
         Reply::sse(vec![Part::Bytes(event(&chunk("Hel")))]).with_end(End::Stall)
     ]);
-    let gw = gateway_for(&fake, FAST_HEARTBEAT).await;
+    let args = [FAST_HEARTBEAT, &flags("--resume-window-ms 0")].concat();
+    let gw = gateway_for(&fake, &args).await;
     let mut raw = RawWs::connect(gw.addr).await;
     raw.send_json(&chat_frame("v1", "hi")).await;
     assert!(fake.wait_attempts(1, WAIT).await);

@@ -14,4 +14,5 @@ mod policy;
 mod protocol;
 mod providers;
 mod proxy;
+mod resume;
 mod sse;

@@ -185,53 +185,80 @@ fn server_frames_have_the_documented_shapes() {
         models: &models,
         default_model: "gpt-3.5-turbo",
         max_streams: 4,
+        session: "0f",
+        max_frame_bytes: 1024,
+        max_image_bytes: 512,
     };
     assert_eq!(
         serde_json::from_str::<Value>(&hello.to_json()).expect("json"),
-        json!({"type":"hello","models":["gpt-3.5-turbo","gpt-4"],"default_model":"gpt-3.5-turbo","max_streams":4})
+        json!({"type":"hello","models":["gpt-3.5-turbo","gpt-4"],"default_model":"gpt-3.5-turbo",
+            "max_streams":4,"session":"0f","max_frame_bytes":1024,"max_image_bytes":512})
     );
     let usage = json!({"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21});
     let cases = [
         (
             ServerFrame::Start {
                 id: "c1",
+                seq: 2,
                 model: "gpt-4",
                 upstream: "api.example.com",
                 attempt: 1,
             },
-            json!({"type":"start","id":"c1","model":"gpt-4","upstream":"api.example.com","attempt":1}),
+            json!({"type":"start","id":"c1","seq":2,"model":"gpt-4","upstream":"api.example.com","attempt":1}),
         ),
         (
             ServerFrame::Delta {
                 id: "c1",
+                seq: 4,
                 content: "Hel\"<lo>\n",
             },
-            json!({"type":"delta","id":"c1","content":"Hel\"<lo>\n"}),
+            json!({"type":"delta","id":"c1","seq":4,"content":"Hel\"<lo>\n"}),
+        ),
+        (
+            ServerFrame::Reasoning {
+                id: "c1",
+                seq: 3,
+                content: "The user greets me; ",
+            },
+            json!({"type":"reasoning","id":"c1","seq":3,"content":"The user greets me; "}),
         ),
         (
             ServerFrame::Retry {
                 id: "c1",
+                seq: 1,
                 attempt: 2,
                 delay_ms: 412,
                 reason: "connect: connection refused",
             },
-            json!({"type":"retry","id":"c1","attempt":2,"delay_ms":412,"reason":"connect: connection refused"}),
+            json!({"type":"retry","id":"c1","seq":1,"attempt":2,"delay_ms":412,"reason":"connect: connection refused"}),
         ),
         (
             ServerFrame::Done {
                 id: "c1",
+                seq: 9,
                 finish_reason: "stop",
                 usage: Some(&usage),
             },
-            json!({"type":"done","id":"c1","finish_reason":"stop","usage":usage}),
+            json!({"type":"done","id":"c1","seq":9,"finish_reason":"stop","usage":usage}),
         ),
         (
             ServerFrame::Done {
                 id: "c1",
+                seq: 5,
                 finish_reason: "cancelled",
                 usage: None,
             },
-            json!({"type":"done","id":"c1","finish_reason":"cancelled","usage":null}),
+            json!({"type":"done","id":"c1","seq":5,"finish_reason":"cancelled","usage":null}),
+        ),
+        (
+            ServerFrame::Error {
+                id: Some("c2"),
+                seq: Some(3),
+                code: "upstream_broken",
+                message: "cut".into(),
+                retryable: true,
+            },
+            json!({"type":"error","id":"c2","seq":3,"code":"upstream_broken","message":"cut","retryable":true}),
         ),
     ];
     for (frame, want) in cases {

@@ -182,12 +182,37 @@ pub fn expect_error<'a>(frames: &'a [Value], code: &str) -> &'a Value {
 }
 
 /// The per-chat invariants of PROTOCOL §3, checked on every collected chat:
-/// all frames carry the id; exactly one terminal frame and it is last; at
-/// most one `start`, before every `delta`; deltas are non-empty strings.
+/// a refused chat is one `error` without `seq`; otherwise all frames carry
+/// the id and a `seq` above the frame before it (strictly one more unless
+/// the test took frames out itself); exactly one terminal frame and it is
+/// last; at most one
+/// `start`, before every `delta` (unless the frames are a resumed tail, which
+/// begins after seq 1); deltas and reasoning are non-empty strings.
 pub fn check_chat_frames(id: &str, frames: &[Value]) {
+    if let [only] = frames {
+        if only["type"] == "error" && only.get("seq").is_none() {
+            assert_eq!(only["id"], id, "refusal for another id: {only}");
+            return;
+        }
+    }
+    let tail = frames
+        .first()
+        .and_then(|f| f["seq"].as_u64())
+        .is_some_and(|s| s > 1);
     let mut seen_start = false;
+    let mut prev_seq: Option<u64> = None;
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f["id"], id, "frame for another id in {id:?}: {f}");
+        let seq = f["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("chat frame without a seq for {id:?}: {f}"));
+        if let Some(p) = prev_seq {
+            assert!(
+                seq > p,
+                "seq repeat or out of order for {id:?}: {frames:#?}"
+            );
+        }
+        prev_seq = Some(seq);
         let last = i + 1 == frames.len();
         assert_eq!(
             ws::is_terminal(f),
@@ -202,10 +227,13 @@ pub fn check_chat_frames(id: &str, frames: &[Value]) {
                 assert!(f["attempt"].is_u64(), "start.attempt: {f}");
                 assert!(f["model"].is_string(), "start.model: {f}");
             }
-            Some("delta") => {
-                assert!(seen_start, "delta before start for {id:?}: {frames:#?}");
-                let c = f["content"].as_str().expect("delta.content is a string");
-                assert!(!c.is_empty(), "empty delta for {id:?}: {f}");
+            Some(kind @ ("delta" | "reasoning")) => {
+                assert!(
+                    seen_start || tail,
+                    "{kind} before start for {id:?}: {frames:#?}"
+                );
+                let c = f["content"].as_str().expect("content is a string");
+                assert!(!c.is_empty(), "empty {kind} for {id:?}: {f}");
             }
             Some("retry") => {
                 assert!(f["attempt"].is_u64(), "retry.attempt: {f}");
