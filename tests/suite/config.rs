@@ -1,4 +1,4 @@
-//! Unit tests of flag/env parsing (src/config.rs).
+//! Unit tests of flag/env parsing (src/config/mod.rs).
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,12 +1,25 @@
-//! Shared test harness: start the real gateway in-process, a scripted fake
-//! upstream ([`fake`]) and a WebSocket client ([`ws`]), plus helpers that
-//! read chat frames.
+//! Shared test harness, the one place for fakes and clients:
+//!
+//! * this file: start the real gateway in-process, and helpers that read
+//!   chat frames and check their invariants (PROTOCOL §3);
+//! * [`fake`]: the scripted fake upstream (the only one: status sequences,
+//!   byte-exact split SSE, delays, stalls, cuts, generated floods) and the
+//!   OpenAI body pieces scripts are made of;
+//! * [`ws`]: the WebSocket client ([`WsClient`]); [`raw_ws`]: a raw one
+//!   that reads only when asked ([`raw_ws::RawWs`]); [`raw_http`]: a raw
+//!   HTTP/1.1 client that can vanish mid-answer;
+//! * [`chat`]: one chat start to finish, the set-up most `/ws` tests share;
+//! * [`process`]: the gateway as a child process, its memory sampled.
 //!
 //! Everything listens on `127.0.0.1:0`; every wait is bounded.
 
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod fake;
+pub mod process;
+pub mod raw_http;
+pub mod raw_ws;
 pub mod ws;
 
 use std::sync::Once;
@@ -14,11 +27,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use chat::*;
 pub use fake::{closed_port_url, End, FakeUpstream, Part, Reply};
 pub use ws::WsClient;
 
 /// A generous bound for one chat to finish in tests.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// Defaults added to every test gateway unless the test sets the flag
 /// itself: quick backoff so retry tests take milliseconds.
