@@ -6,8 +6,7 @@ use crate::support::*;
 
 #[actix_web::test]
 async fn healthz_and_metrics() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (_fake, gw) = fake_gateway(vec![Reply::sse_words(&["ok"])], &[]).await;
     let (status, body) = http_get(gw.addr, "/healthz").await;
     assert_eq!((status, body.trim()), (200, "ok"));
     let mut ws = WsClient::connect(gw.addr).await;

@@ -878,12 +878,7 @@ async fn write_body_piece<W: AsyncWrite + Unpin>(
 /// Reads one request (head + body) from the connection; `None` on EOF or
 /// garbage before a complete request. `buf` holds bytes read past it.
 pub async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Option<Request> {
-    let head_end = loop {
-        if let Some(pos) = find(buf, b"\r\n\r\n") {
-            break pos;
-        }
-        fill(rd, buf).await?;
-    };
+    let head_end = read_until(rd, buf, b"\r\n\r\n").await?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end + 4);
     let mut lines = head.split("\r\n");
@@ -927,12 +922,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -
 async fn read_chunked<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let line_end = loop {
-            if let Some(pos) = find(buf, b"\r\n") {
-                break pos;
-            }
-            fill(rd, buf).await?;
-        };
+        let line_end = read_until(rd, buf, b"\r\n").await?;
         let size_line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
         let size_hex = size_line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_hex, 16).ok()?;
@@ -940,13 +930,10 @@ async fn read_chunked<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Op
         if size == 0 {
             // Trailers (none expected) end with an empty line.
             loop {
-                if let Some(pos) = find(buf, b"\r\n") {
-                    buf.drain(..pos + 2);
-                    if pos == 0 {
-                        return Some(body);
-                    }
-                } else {
-                    fill(rd, buf).await?;
+                let pos = read_until(rd, buf, b"\r\n").await?;
+                buf.drain(..pos + 2);
+                if pos == 0 {
+                    return Some(body);
                 }
             }
         }
@@ -955,6 +942,21 @@ async fn read_chunked<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Op
         }
         body.extend_from_slice(&buf[..size]);
         buf.drain(..size + 2);
+    }
+}
+
+/// Reads into `buf` until it holds `needle`; its offset, or `None` on EOF
+/// or error first.
+async fn read_until<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    needle: &[u8],
+) -> Option<usize> {
+    loop {
+        if let Some(pos) = find(buf, needle) {
+            return Some(pos);
+        }
+        fill(rd, buf).await?;
     }
 }
 

@@ -164,11 +164,11 @@ async fn enormous_single_delta_to_a_non_reader() {
     let _alone = MEMORY_HEAVY.lock().await;
     const SIZE: usize = 6 * 1024 * 1024;
     let content: String = "abcdefghij".repeat(SIZE / 10);
-    let fake = FakeUpstream::start(vec![Reply::json(
+    let script = vec![Reply::json(
         200,
         &completion(&content, "stop", &Value::Null),
-    )]);
-    let gw = gateway_for(&fake, &[]).await;
+    )];
+    let (fake, gw) = fake_gateway(script, &[]).await;
     let mut raw = RawWs::connect(gw.addr).await;
     raw.send_json(&chat_frame("big", "one huge answer please"))
         .await;

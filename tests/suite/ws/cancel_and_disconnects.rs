@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::support::fake::{chunk, event, stalled_after_hel};
+use crate::support::fake::stalled_after_hel;
 use crate::support::raw_ws::{RawWs, CLOSE};
 use crate::support::*;
 
@@ -126,10 +126,7 @@ async fn client_answering_pings_is_kept() {
 /// within about 2 s.
 #[actix_web::test]
 async fn vanished_raw_peer_is_dropped_with_its_upstream_request() {
-    let fake = FakeUpstream::start(vec![
-        Reply::sse(vec![Part::Bytes(event(&chunk("Hel")))]).with_end(End::Stall)
-    ]);
-    let gw = gateway_for(&fake, FAST_HEARTBEAT).await;
+    let (fake, gw) = fake_gateway(vec![stalled_after_hel()], FAST_HEARTBEAT).await;
     let mut raw = RawWs::connect(gw.addr).await;
     raw.send_json(&chat_frame("v1", "hi")).await;
     assert!(fake.wait_attempts(1, WAIT).await);

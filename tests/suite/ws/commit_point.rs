@@ -48,7 +48,7 @@ async fn in_stream_error_after_a_delta_is_broken_with_its_message() {
 /// The four shapes of an in-stream error (§4), each after a delta.
 #[actix_web::test]
 async fn in_stream_error_shapes_are_all_errors() {
-    let fake = FakeUpstream::start(vec![Reply::dynamic(|req| {
+    let script = vec![Reply::dynamic(|req| {
         let which = req.last_message();
         let error: Vec<u8> = match which.as_str() {
             "named-event" => b"event: error\ndata: {\"message\":\"boom-named-event\"}\n\n".to_vec(),
@@ -68,9 +68,8 @@ async fn in_stream_error_shapes_are_all_errors() {
             ev(&chunk("lo")),
             done_part(),
         ])
-    })]);
-    let gw = gateway_for(&fake, &[]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    })];
+    let (fake, gw, mut ws) = fake_gateway_client(script, &[]).await;
     for which in ["named-event", "error-key", "object-error", "error-field"] {
         let frames = ws.chat(which, which, WAIT).await;
         let err = expect_error(&frames, "upstream_broken");

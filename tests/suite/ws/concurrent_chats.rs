@@ -97,8 +97,7 @@ async fn duplicate_id_in_flight_is_rejected_and_the_running_chat_untouched() {
 #[actix_web::test]
 async fn two_hundred_sockets_at_once_all_exact() {
     const N: usize = 200;
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(5))]);
-    let gw = gateway_for(&fake, &[]).await;
+    let (fake, gw) = fake_gateway(vec![Reply::echo(ms(5))], &[]).await;
     let clients = join_all((0..N).map(|_| WsClient::connect(gw.addr))).await;
     let results = join_all(
         clients

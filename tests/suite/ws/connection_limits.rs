@@ -121,7 +121,6 @@ async fn per_ip_chat_budget_survives_reconnect() {
 
 #[actix_web::test]
 async fn trusted_proxy_forwarded_address_is_the_one_limited() {
-    let fake = FakeUpstream::start(vec![Reply::echo(ms(0))]);
     let proxy = ["--trusted-proxies", "127.0.0.1"];
     let limits = [
         "--max-connections-per-ip",
@@ -129,7 +128,8 @@ async fn trusted_proxy_forwarded_address_is_the_one_limited() {
         "--max-chats-per-minute-per-ip",
         "2",
     ];
-    let gw = gateway_for(&fake, &[&proxy[..], &limits].concat()).await;
+    let args = [&proxy[..], &limits].concat();
+    let (fake, gw) = fake_gateway(vec![Reply::echo(ms(0))], &args).await;
     let xff_a: &[(&str, &str)] = &[("X-Forwarded-For", "203.0.113.7")];
     // A proxy chain: the right-most untrusted entry is the client.
     let xff_b: &[(&str, &str)] = &[("X-Forwarded-For", "198.51.100.1, 198.51.100.2, 127.0.0.1")];

@@ -2,7 +2,7 @@
 //! §4): whatever way an upstream echoes it back (status bodies, in-stream
 //! errors, invalid data, retry reasons), it is replaced by `[redacted]`.
 
-use crate::support::fake::{chunk, event, openai_error};
+use crate::support::fake::{chunk, ev, event, openai_error};
 use crate::support::*;
 
 #[actix_web::test]
@@ -11,11 +11,9 @@ async fn upstream_401_never_leaks_the_key() {
     let msg = format!(
         "Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."
     );
-    let fake = FakeUpstream::start(vec![
-        Reply::error_json(401, &msg).with_header("x-echo-key", key)
-    ]);
-    let gw = gateway_for(&fake, &["--api-key", key, "--max-attempts", "5"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let script = vec![Reply::error_json(401, &msg).with_header("x-echo-key", key)];
+    let args = ["--api-key", key, "--max-attempts", "5"];
+    let (fake, gw, mut ws) = fake_gateway_client(script, &args).await;
     let hello = ws.hello().clone();
     let frames = ws.chat("k1", "hi", WAIT).await;
     ws.expect_silence_for("k1", QUIET).await;
@@ -65,42 +63,38 @@ async fn upstream_5xx_echoing_the_key_never_leaks_it() {
 const KEY: &str = "sk-proj-LEAKCHECK-9f8e7d6c5b4a3210";
 
 /// Every way an upstream can echo the key back, chosen by the message text.
-fn echoing_upstream() -> FakeUpstream {
-    FakeUpstream::start(vec![Reply::dynamic(|req| {
+fn echoing_the_key() -> Reply {
+    Reply::dynamic(|req| {
         let msg = format!("Incorrect API key provided: {KEY}; check {KEY}");
         let err_event = event(&openai_error(&msg));
         match req.last_message().as_str() {
             "status401" => Reply::error_json(401, &msg),
             "status500" => Reply::error_json(500, &msg),
             "plain500" => Reply::body(500, "text/plain", msg.as_bytes()),
-            "mid" => Reply::sse(vec![
-                Part::Bytes(event(&chunk("Hel"))),
-                Part::Bytes(err_event),
-            ]),
+            "mid" => Reply::sse(vec![ev(&chunk("Hel")), Part::Bytes(err_event)]),
             "first" => Reply::sse(vec![Part::Bytes(err_event)]),
             "field" => Reply::sse(vec![
-                Part::Bytes(event(&chunk("Hel"))),
+                ev(&chunk("Hel")),
                 Part::bytes(format!("error: {msg}\n\n")),
             ]),
             "named" => Reply::sse(vec![
-                Part::Bytes(event(&chunk("Hel"))),
+                ev(&chunk("Hel")),
                 Part::bytes(format!("event: error\ndata: {msg}\n\n")),
             ]),
             "garbage" => Reply::sse(vec![
-                Part::Bytes(event(&chunk("Hel"))),
+                ev(&chunk("Hel")),
                 Part::bytes(format!("data: not json {KEY}\n\n")),
             ]),
             "whole" => Reply::json(200, &openai_error(&msg)),
             other => panic!("unexpected message {other:?}"),
         }
-    })])
+    })
 }
 
 #[actix_web::test]
 async fn api_key_echoed_by_the_upstream_is_redacted_everywhere() {
-    let fake = echoing_upstream();
-    let gw = gateway_for(&fake, &["--api-key", KEY, "--max-attempts", "2"]).await;
-    let mut ws = WsClient::connect(gw.addr).await;
+    let args = ["--api-key", KEY, "--max-attempts", "2"];
+    let (fake, gw, mut ws) = fake_gateway_client(vec![echoing_the_key()], &args).await;
     let cases = [
         ("status401", "upstream_rejected", true),
         ("status500", "upstream_unavailable", true),

@@ -14,8 +14,7 @@ async fn panics_stay_inside_their_socket_or_chat() {
     let url = fake.url();
     let mut config = test_config(&["--upstream", url.as_str()]);
     config.fault_injection = true;
-    init();
-    let gw = netfly::Gateway::start(config).await.expect("gateway");
+    let gw = start_gateway_with(config).await;
 
     // A: a 3 s stream in flight the whole time.
     let mut a = WsClient::connect(gw.addr).await;

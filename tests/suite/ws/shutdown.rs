@@ -11,11 +11,8 @@ use crate::support::*;
 /// then the socket is closed with 1001.
 #[actix_web::test]
 async fn graceful_shutdown_lets_streams_finish_then_closes_1001() {
-    let fake = FakeUpstream::start(vec![Reply::sse_words_slow(
-        &["one ", "two ", "three"],
-        ms(200),
-    )]);
-    let gw = gateway_for(&fake, &[]).await;
+    let slow = Reply::sse_words_slow(&["one ", "two ", "three"], ms(200));
+    let (fake, gw) = fake_gateway(vec![slow], &[]).await;
     let addr = gw.addr;
     let mut ws = WsClient::connect(addr).await;
     ws.send_chat("g1", "hi").await;
