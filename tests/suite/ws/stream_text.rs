@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::support::fake::{self, chunk, done_part, ev, finish_chunk, usage, usage_chunk};
 use crate::support::*;
 
+/// The offset of the first `needle` in `haystack` (panics if absent).
 fn find(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
@@ -17,6 +18,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> usize {
         .unwrap_or_else(|| panic!("{:?} not in body", String::from_utf8_lossy(needle)))
 }
 
+/// The offset of the `n`-th (0-based) `needle` in `haystack`.
 fn nth_find(haystack: &[u8], needle: &[u8], n: usize) -> usize {
     let mut from = 0;
     for _ in 0..n {
