@@ -1,17 +1,14 @@
-//! Unit tests of flag/env parsing (src/config.rs).
+//! Unit tests of flag/env parsing (src/config/mod.rs).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use netfly::config::{AllowedOrigins, UpstreamSpec, UpstreamUrl};
 use netfly::Config;
 
+use crate::support::env_lookup;
+
 fn cfg(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Config::from_args(args.iter().copied(), move |k| env.get(k).cloned())
+    Config::from_args(args.iter().copied(), env_lookup(env))
 }
 
 #[test]

@@ -1,14 +1,24 @@
 //! The whole test suite in one binary (each test binary is a slow link on
-//! two cores): unit tests of the pure modules, integration tests of the
-//! real gateway against a scripted fake upstream, and browser tests.
+//! two cores):
+//!
+//! * `support/`: the harness, the one place for the fake upstream, the
+//!   clients and the process helpers;
+//! * `ws/`: the `/ws` front end and the upstream engine behind it, one file
+//!   per concept; `openai_api.rs`: the `/v1` front end; `http_surface.rs`:
+//!   `/healthz`, `/metrics`, the demo upstream; `browser.rs`: the page in
+//!   a real browser; `providers.rs` and `proxy.rs`: the provider file and
+//!   the outbound proxy, end to end;
+//! * unit tests of the pure modules: `completion.rs`, `config.rs`,
+//!   `policy.rs`, `protocol.rs`, `sse.rs` (and parts of `proxy.rs`);
+//! * `harness.rs`: self-checks of `support/`.
 
 mod support;
 
 mod browser;
 mod completion;
 mod config;
-mod gateway;
-mod hardening;
+mod harness;
+mod http_surface;
 mod openai_api;
 mod policy;
 mod protocol;
@@ -16,3 +26,4 @@ mod providers;
 mod proxy;
 mod resume;
 mod sse;
+mod ws;

@@ -9,19 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::support::fake::{chunk, chunk_with_delta, done_event, event, openai_error, usage_chunk};
+use crate::support::fake::{
+    chunk, chunk_with_delta, done_event, event, openai_error, usage, usage_chunk,
+};
+use crate::support::raw_http::{raw_post, raw_post_until};
 use crate::support::*;
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn usage() -> Value {
-    json!({ "prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21 })
-}
 
 fn user(content: &str) -> Value {
     json!([{ "role": "user", "content": content }])
@@ -497,40 +490,6 @@ async fn auth_tokens_are_required_as_bearer() {
 // ---------------------------------------------------------------------------
 // client disconnect
 // ---------------------------------------------------------------------------
-
-/// Sends a raw HTTP/1.1 `POST /v1/chat/completions` of `body`.
-async fn raw_post(addr: SocketAddr, body: &Value) -> TcpStream {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let body = body.to_string();
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    tcp
-}
-
-/// Sends a raw HTTP/1.1 POST and reads until `until` appears in the answer.
-async fn raw_post_until(addr: SocketAddr, body: &Value, until: &str) -> (TcpStream, String) {
-    let mut tcp = raw_post(addr, body).await;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(WAIT, async {
-        while !String::from_utf8_lossy(&seen).contains(until) {
-            let n = tcp.read(&mut buf).await.unwrap();
-            assert!(
-                n > 0,
-                "closed before {until:?}: {}",
-                String::from_utf8_lossy(&seen)
-            );
-            seen.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{until:?} never came: {}", String::from_utf8_lossy(&seen)));
-    (tcp, String::from_utf8_lossy(&seen).into_owned())
-}
 
 #[actix_web::test]
 async fn client_disconnect_mid_stream_cancels_the_upstream() {

@@ -1,16 +1,16 @@
 //! The provider file (`--config`): parsing, model maps, defaults under
 //! client params, headers, keys from the environment, routes.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use netfly::config::providers::ProviderFile;
-use netfly::{Config, Gateway};
 use serde_json::json;
 
 use crate::support::fake::{FakeUpstream, Reply};
 use crate::support::ws::WsClient;
-use crate::support::{check_chat_frames, content_of, expect_done, init};
+use crate::support::{
+    check_chat_frames, content_of, expect_done, start_gateway_with, try_test_config,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -48,23 +48,6 @@ mod tempfile_path {
     }
 }
 
-fn config(args: &[&str], env: &[(&str, &str)]) -> Result<Config, String> {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let mut all = vec![
-        "--bind",
-        "127.0.0.1:0",
-        "--backoff-base-ms",
-        "5",
-        "--backoff-max-ms",
-        "20",
-    ];
-    all.extend_from_slice(args);
-    Config::from_args(all, move |k| env.get(k).cloned())
-}
-
 #[test]
 fn the_shipped_example_parses() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/netfly.toml");
@@ -77,7 +60,7 @@ fn the_shipped_example_parses() {
     );
     assert_eq!(file.upstreams[0].defaults.temperature, Some(0.5));
     assert_eq!(file.derived_models().expect("models")[0], "gpt-3.5-turbo");
-    let c = config(&["--config", path], &[]).expect("config from example");
+    let c = try_test_config(&["--config", path], &[]).expect("config from example");
     assert_eq!(c.models[0], "gpt-3.5-turbo");
     assert_eq!(c.routes["gpt-4"], vec!["openai", "free-netfly"]);
 }
@@ -104,21 +87,20 @@ fn invalid_files_are_refused_with_the_reason() {
     ];
     for (text, want) in cases {
         let f = write_file(text);
-        let err = config(&["--config", f.path()], &[]).expect_err(text);
+        let err = try_test_config(&["--config", f.path()], &[]).expect_err(text);
         assert!(err.contains(want), "{err:?} should mention {want:?}");
         assert!(err.contains(f.path()), "{err:?} should name the file");
     }
-    let err = config(&["--config", "/nonexistent/netfly.toml"], &[]).expect_err("missing");
+    let err = try_test_config(&["--config", "/nonexistent/netfly.toml"], &[]).expect_err("missing");
     assert!(err.contains("/nonexistent/netfly.toml"), "{err}");
     // A model no upstream serves is refused.
     let f = write_file("models = [\"x\"]\n[[upstream]]\nname = \"a\"\nurl = \"http://h/v1\"\n[upstream.models]\ny = \"y\"\n");
-    let err = config(&["--config", f.path()], &[]).expect_err("unserved");
+    let err = try_test_config(&["--config", f.path()], &[]).expect_err("unserved");
     assert!(err.contains("\"x\""), "{err}");
 }
 
 #[actix_web::test]
 async fn model_map_defaults_headers_and_key_reach_the_upstream() {
-    init();
     let fake = FakeUpstream::start(vec![Reply::sse_words(&["ok"])]);
     let f = write_file(&format!(
         r#"
@@ -138,9 +120,9 @@ presence_penalty = 0
 "#,
         url = fake.url()
     ));
-    let c = config(&["--config", f.path()], &[("P_KEY", "sk-provider")]).expect("config");
+    let c = try_test_config(&["--config", f.path()], &[("P_KEY", "sk-provider")]).expect("config");
     assert_eq!(c.models, vec!["fast"]);
-    let gw = Gateway::start(c).await.expect("start");
+    let gw = start_gateway_with(c).await;
     let mut ws = WsClient::connect(gw.addr).await;
     ws.send_json(&json!({"type": "chat", "id": "a", "model": "fast",
         "messages": [{"role": "user", "content": "hi"}], "params": {"temperature": 1.5}}))
@@ -164,7 +146,6 @@ presence_penalty = 0
 
 #[actix_web::test]
 async fn routes_set_the_fallback_order_per_model() {
-    init();
     let down = FakeUpstream::start(vec![Reply::status(503)]);
     let up = FakeUpstream::start(vec![Reply::sse_words(&["from ", "b"])]);
     let f = write_file(&format!(
@@ -183,9 +164,8 @@ url = "{b}"
         a = down.url(),
         b = up.url()
     ));
-    let gw = Gateway::start(config(&["--config", f.path()], &[]).expect("config"))
-        .await
-        .expect("start");
+    let gw =
+        start_gateway_with(try_test_config(&["--config", f.path()], &[]).expect("config")).await;
     let mut ws = WsClient::connect(gw.addr).await;
     // m2 goes straight to b: upstream a never sees it.
     ws.send_json(&json!({"type": "chat", "id": "x", "model": "m2",
@@ -208,12 +188,11 @@ url = "{b}"
 
 #[actix_web::test]
 async fn the_upstream_flag_overrides_the_file() {
-    init();
     let fake = FakeUpstream::start(vec![Reply::sse_words(&["flag"])]);
     let f = write_file("[[upstream]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/v1\"\n");
     let url = fake.url();
-    let c = config(&["--config", f.path(), "--upstream", &url], &[]).expect("config");
-    let gw = Gateway::start(c).await.expect("start");
+    let c = try_test_config(&["--config", f.path(), "--upstream", &url], &[]).expect("config");
+    let gw = start_gateway_with(c).await;
     let mut ws = WsClient::connect(gw.addr).await;
     let frames = ws.chat("z", "hi", T).await;
     assert_eq!(content_of(&frames), "flag");

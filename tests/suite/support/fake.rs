@@ -21,12 +21,18 @@
 //!   that counts as a *client disconnect* ([`FakeUpstream::disconnects`],
 //!   [`FakeUpstream::wait_client_disconnect`]). This is how tests prove that a
 //!   cancel, a closed socket or a timeout really dropped the upstream request.
+//! * The body bytes written for each request are counted as they go
+//!   ([`FakeUpstream::body_written`]); with [`Part::Repeat`] (e.g.
+//!   [`Reply::flood`]) a body of hundreds of megabytes is generated while it
+//!   is written, never held, so a test can see where a reader stops reading.
+//! * A reply with a `connection: close` header closes the connection once it
+//!   is complete (otherwise connections are kept alive).
 //! * Dropping the `FakeUpstream` aborts every task it spawned.
 
 use std::fmt;
 use std::future::pending;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,6 +52,10 @@ pub enum Part {
     Bytes(Vec<u8>),
     /// Sleep before the next part.
     Delay(Duration),
+    /// `piece` written again and again, one write (one HTTP chunk) each,
+    /// until at least `total` bytes of it are written: a body far larger than
+    /// anything a test holds in memory.
+    Repeat { piece: Vec<u8>, total: u64 },
 }
 
 impl Part {
@@ -221,6 +231,18 @@ impl Reply {
         Reply::sse(with_gaps(split_at(body, cuts), gap))
     }
 
+    /// A stream of at least `total` body bytes: 64 KiB writes of deltas of
+    /// 1,000 `x` each, generated as they are written ([`Part::Repeat`]),
+    /// then `data: [DONE]`. No role chunk and no finish chunk.
+    pub fn flood(total: u64) -> Reply {
+        let one = event(&chunk(&"x".repeat(1000)));
+        let piece = one.repeat((64 * 1024) / one.len());
+        Reply::sse(vec![
+            Part::Repeat { piece, total },
+            Part::Bytes(done_event()),
+        ])
+    }
+
     /// A plain reply with `status` and a small OpenAI-style JSON error body.
     pub fn status(status: u16) -> Reply {
         Reply::error_json(status, &format!("fake upstream status {status}"))
@@ -359,6 +381,35 @@ pub fn event(data: &Value) -> Vec<u8> {
     format!("data: {data}\n\n").into_bytes()
 }
 
+/// One SSE `data:` event as one part (one TCP write).
+pub fn ev(data: &Value) -> Part {
+    Part::Bytes(event(data))
+}
+
+/// `data: [DONE]` as one part.
+pub fn done_part() -> Part {
+    Part::Bytes(done_event())
+}
+
+/// A sample `usage` object.
+pub fn usage() -> Value {
+    json!({ "prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21 })
+}
+
+/// "Hel", "lo" and a `stop` finish chunk, with no `[DONE]` after them.
+pub fn events_without_done() -> Vec<Part> {
+    vec![
+        ev(&chunk("Hel")),
+        ev(&chunk("lo")),
+        ev(&finish_chunk("stop")),
+    ]
+}
+
+/// A stream that sends the delta "Hel" and then stalls ([`End::Stall`]).
+pub fn stalled_after_hel() -> Reply {
+    Reply::sse(vec![ev(&chunk("Hel"))]).with_end(End::Stall)
+}
+
 /// `data: [DONE]\n\n`.
 pub fn done_event() -> Vec<u8> {
     b"data: [DONE]\n\n".to_vec()
@@ -428,6 +479,8 @@ pub fn closed_port_url() -> String {
 struct Shared {
     script: Vec<Reply>,
     requests: Mutex<Vec<Request>>,
+    /// Body bytes written for each request (same index as `requests`).
+    written: Mutex<Vec<Arc<AtomicU64>>>,
     connections: AtomicUsize,
     disconnects: AtomicUsize,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -454,6 +507,7 @@ impl FakeUpstream {
         let shared = Arc::new(Shared {
             script,
             requests: Mutex::new(Vec::new()),
+            written: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             disconnects: AtomicUsize::new(0),
             tasks: Mutex::new(Vec::new()),
@@ -502,6 +556,17 @@ impl FakeUpstream {
         reqs.get(i)
             .cloned()
             .unwrap_or_else(|| panic!("upstream request #{i} never arrived ({} did)", reqs.len()))
+    }
+
+    /// Body bytes (without the chunked framing) written so far in the reply
+    /// to the `i`-th request; 0 until that request has arrived.
+    pub fn body_written(&self, i: usize) -> u64 {
+        self.shared
+            .written
+            .lock()
+            .unwrap()
+            .get(i)
+            .map_or(0, |w| w.load(Ordering::SeqCst))
     }
 
     /// How many times the client closed a connection while a reply was in
@@ -590,8 +655,12 @@ async fn serve_connection(mut stream: TcpStream, connection: usize, shared: Arc<
                 return;
             };
             req.connection = connection;
+            let written = Arc::new(AtomicU64::new(0));
             let index = {
+                // Both locks in this order, so that `written` and `requests`
+                // always have the same length for other readers.
                 let mut reqs = shared.requests.lock().unwrap();
+                shared.written.lock().unwrap().push(written.clone());
                 reqs.push(req.clone());
                 reqs.len() - 1
             };
@@ -599,9 +668,13 @@ async fn serve_connection(mut stream: TcpStream, connection: usize, shared: Arc<
             while let Reply::Dynamic(f) = reply {
                 reply = f(&req);
             }
-            tokio::select! {
-                outcome = write_reply(&mut wr, &reply) => outcome,
+            let outcome = tokio::select! {
+                outcome = write_reply(&mut wr, &reply, &written) => outcome,
                 () = watch_peer(&mut rd, &mut buf) => Outcome::PeerGone,
+            };
+            match outcome {
+                Outcome::KeepAlive if asks_to_close(&reply) => Outcome::Close,
+                other => other,
             }
         };
         match outcome {
@@ -634,6 +707,17 @@ async fn watch_peer<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) {
     }
 }
 
+/// Whether the reply carries a `connection: close` header.
+fn asks_to_close(reply: &Reply) -> bool {
+    let headers = match reply {
+        Reply::Sse { headers, .. } | Reply::Plain { headers, .. } => headers,
+        _ => return false,
+    };
+    headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close")
+    })
+}
+
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
@@ -664,14 +748,18 @@ fn head(version: &str, status: u16, headers: &[(String, String)], framing: &str)
     h.into_bytes()
 }
 
-async fn write_reply<W: AsyncWrite + Unpin>(wr: &mut W, reply: &Reply) -> Outcome {
+async fn write_reply<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    reply: &Reply,
+    written: &AtomicU64,
+) -> Outcome {
     match reply {
         Reply::Sse {
             status,
             headers,
             parts,
             end,
-        } => write_stream(wr, *status, headers, parts, *end).await,
+        } => write_stream(wr, *status, headers, parts, *end, written).await,
         Reply::Plain {
             status,
             headers,
@@ -683,6 +771,7 @@ async fn write_reply<W: AsyncWrite + Unpin>(wr: &mut W, reply: &Reply) -> Outcom
             if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
                 return Outcome::PeerGone;
             }
+            written.fetch_add(body.len() as u64, Ordering::SeqCst);
             Outcome::KeepAlive
         }
         Reply::StallHeaders => pending().await,
@@ -697,6 +786,7 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     headers: &[(String, String)],
     parts: &[Part],
     end: End,
+    written: &AtomicU64,
 ) -> Outcome {
     let mut all_headers: Vec<(String, String)> = Vec::new();
     if !headers
@@ -725,18 +815,22 @@ async fn write_stream<W: AsyncWrite + Unpin>(
         match part {
             Part::Delay(d) => tokio::time::sleep(*d).await,
             // A zero-length chunk would end a chunked body: skip it.
-            Part::Bytes(b) if b.is_empty() => {}
+            Part::Bytes(b) | Part::Repeat { piece: b, .. } if b.is_empty() => {}
             Part::Bytes(b) => {
-                let data = if chunked {
-                    let mut c = format!("{:x}\r\n", b.len()).into_bytes();
-                    c.extend_from_slice(b);
-                    c.extend_from_slice(b"\r\n");
-                    c
-                } else {
-                    b.clone()
-                };
-                if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
+                if !write_body_piece(wr, b, chunked, written).await {
                     return Outcome::PeerGone;
+                }
+            }
+            Part::Repeat { piece, total } => {
+                // Framed once, written as often as needed.
+                let framed = frame_piece(piece, chunked);
+                let mut sent = 0u64;
+                while sent < *total {
+                    if wr.write_all(&framed).await.is_err() || wr.flush().await.is_err() {
+                        return Outcome::PeerGone;
+                    }
+                    sent += piece.len() as u64;
+                    written.fetch_add(piece.len() as u64, Ordering::SeqCst);
                 }
             }
         }
@@ -754,15 +848,37 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     }
 }
 
+/// `piece` as it goes on the wire: one HTTP chunk when `chunked`.
+fn frame_piece(piece: &[u8], chunked: bool) -> Vec<u8> {
+    if !chunked {
+        return piece.to_vec();
+    }
+    let mut c = format!("{:x}\r\n", piece.len()).into_bytes();
+    c.extend_from_slice(piece);
+    c.extend_from_slice(b"\r\n");
+    c
+}
+
+/// Writes one body piece (framed) and counts it; `false` when the peer is
+/// gone.
+async fn write_body_piece<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    piece: &[u8],
+    chunked: bool,
+    written: &AtomicU64,
+) -> bool {
+    let data = frame_piece(piece, chunked);
+    if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
+        return false;
+    }
+    written.fetch_add(piece.len() as u64, Ordering::SeqCst);
+    true
+}
+
 /// Reads one request (head + body) from the connection; `None` on EOF or
 /// garbage before a complete request. `buf` holds bytes read past it.
 pub async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Option<Request> {
-    let head_end = loop {
-        if let Some(pos) = find(buf, b"\r\n\r\n") {
-            break pos;
-        }
-        fill(rd, buf).await?;
-    };
+    let head_end = read_until(rd, buf, b"\r\n\r\n").await?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end + 4);
     let mut lines = head.split("\r\n");
@@ -806,12 +922,7 @@ pub async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -
 async fn read_chunked<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let line_end = loop {
-            if let Some(pos) = find(buf, b"\r\n") {
-                break pos;
-            }
-            fill(rd, buf).await?;
-        };
+        let line_end = read_until(rd, buf, b"\r\n").await?;
         let size_line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
         let size_hex = size_line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_hex, 16).ok()?;
@@ -819,13 +930,10 @@ async fn read_chunked<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Op
         if size == 0 {
             // Trailers (none expected) end with an empty line.
             loop {
-                if let Some(pos) = find(buf, b"\r\n") {
-                    buf.drain(..pos + 2);
-                    if pos == 0 {
-                        return Some(body);
-                    }
-                } else {
-                    fill(rd, buf).await?;
+                let pos = read_until(rd, buf, b"\r\n").await?;
+                buf.drain(..pos + 2);
+                if pos == 0 {
+                    return Some(body);
                 }
             }
         }
@@ -834,6 +942,21 @@ async fn read_chunked<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> Op
         }
         body.extend_from_slice(&buf[..size]);
         buf.drain(..size + 2);
+    }
+}
+
+/// Reads into `buf` until it holds `needle`; its offset, or `None` on EOF
+/// or error first.
+async fn read_until<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    needle: &[u8],
+) -> Option<usize> {
+    loop {
+        if let Some(pos) = find(buf, needle) {
+            return Some(pos);
+        }
+        fill(rd, buf).await?;
     }
 }
 

@@ -1,24 +1,44 @@
-//! Shared test harness: start the real gateway in-process, a scripted fake
-//! upstream ([`fake`]) and a WebSocket client ([`ws`]), plus helpers that
-//! read chat frames.
+//! Shared test harness, the one place for fakes and clients:
+//!
+//! * this file: start the real gateway in-process, and helpers that read
+//!   chat frames and check their invariants (PROTOCOL §3);
+//! * [`fake`]: the scripted fake upstream (the only one: status sequences,
+//!   byte-exact split SSE, delays, stalls, cuts, generated floods) and the
+//!   OpenAI body pieces scripts are made of;
+//! * [`ws`]: the WebSocket client ([`WsClient`]); [`raw_ws`]: a raw one
+//!   that reads only when asked ([`raw_ws::RawWs`]); [`raw_http`]: a raw
+//!   HTTP/1.1 client that can vanish mid-answer;
+//! * [`chat`]: one chat start to finish, the set-up most `/ws` tests share;
+//! * [`process`]: the gateway as a child process, its memory sampled.
 //!
 //! Everything listens on `127.0.0.1:0`; every wait is bounded.
 
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod fake;
+pub mod process;
+pub mod raw_http;
+pub mod raw_ws;
 pub mod ws;
 
+use std::collections::HashMap;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use chat::*;
 pub use fake::{closed_port_url, End, FakeUpstream, Part, Reply};
 pub use ws::WsClient;
 
 /// A generous bound for one chat to finish in tests.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// Defaults added to every test gateway unless the test sets the flag
 /// itself: quick backoff so retry tests take milliseconds.
@@ -34,9 +54,20 @@ pub fn init() {
     });
 }
 
-/// Builds the gateway config for `args` (after `--bind 127.0.0.1:0` and the
-/// [`TEST_DEFAULTS`] the args do not override), with an empty environment.
-pub fn test_config(args: &[&str]) -> netfly::Config {
+/// An environment for `Config::from_args` holding only `vars` (tests never
+/// touch the process environment).
+pub fn env_lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let vars: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| vars.get(k).cloned()
+}
+
+/// The gateway config for `args` (after `--bind 127.0.0.1:0` and the
+/// [`TEST_DEFAULTS`] the args do not override) in the environment `env`,
+/// or the reason it is refused.
+pub fn try_test_config(args: &[&str], env: &[(&str, &str)]) -> Result<netfly::Config, String> {
     let mut full: Vec<&str> = vec!["--bind", "127.0.0.1:0"];
     for (flag, value) in TEST_DEFAULTS {
         if !args.contains(flag) {
@@ -44,8 +75,13 @@ pub fn test_config(args: &[&str]) -> netfly::Config {
         }
     }
     full.extend_from_slice(args);
-    netfly::Config::from_args(full.clone(), |_: &str| None)
-        .unwrap_or_else(|e| panic!("gateway config {full:?} rejected: {e}"))
+    netfly::Config::from_args(full, env_lookup(env))
+}
+
+/// Builds the gateway config for `args` (see [`try_test_config`]) with an
+/// empty environment; panics when it is refused.
+pub fn test_config(args: &[&str]) -> netfly::Config {
+    try_test_config(args, &[]).unwrap_or_else(|e| panic!("gateway config {args:?} rejected: {e}"))
 }
 
 /// Starts the real gateway in-process (see [`test_config`]). Stop it with
@@ -55,6 +91,15 @@ pub async fn start_gateway(args: &[&str]) -> netfly::Gateway {
     netfly::Gateway::start(test_config(args))
         .await
         .unwrap_or_else(|e| panic!("gateway failed to start with {args:?}: {e}"))
+}
+
+/// Starts the real gateway in-process with a config the test built or
+/// changed itself.
+pub async fn start_gateway_with(config: netfly::Config) -> netfly::Gateway {
+    init();
+    netfly::Gateway::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("gateway failed to start: {e}"))
 }
 
 /// A gateway whose only upstream is `fake`, with extra `args`.
