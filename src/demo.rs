@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::{dev::ServerHandle, web, App, HttpResponse, HttpServer};
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// The path the demo serves.
 pub const PATH: &str = "/v1/chat/completions";
@@ -19,8 +19,32 @@ pub const PATH: &str = "/v1/chat/completions";
 struct DemoMessage {
     #[serde(default)]
     role: String,
+    /// Text, or content parts (their text parts are read; images are
+    /// acknowledged, not looked at).
     #[serde(default)]
-    content: String,
+    content: Value,
+}
+
+impl DemoMessage {
+    /// The message's text, and how many images it carries.
+    fn text(&self) -> (String, usize) {
+        match &self.content {
+            Value::String(s) => (s.clone(), 0),
+            Value::Array(parts) => {
+                let text = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let images = parts
+                    .iter()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                    .count();
+                (text, images)
+            }
+            _ => (String::new(), 0),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -33,8 +57,9 @@ struct DemoRequest {
     stream: bool,
 }
 
-/// The deterministic answer to a conversation.
-pub fn answer(last_user: &str) -> String {
+/// The deterministic answer to a conversation whose last user message
+/// says `last_user` and carries `images` images.
+pub fn answer(last_user: &str, images: usize) -> String {
     let said = last_user.trim();
     let quoted: String = if said.chars().count() > 200 {
         let cut: String = said.chars().take(200).collect();
@@ -47,12 +72,33 @@ pub fn answer(last_user: &str) -> String {
          no model, no key, no network. Each word travels as its own server-sent event \
          through the gateway's retry and parsing path and reaches you as its own WebSocket frame."
     );
-    if said.to_lowercase().contains("code") {
+    if images > 0 {
+        text.push_str(&format!(
+            " Your message carried {images} image(s); the demo upstream cannot look at them."
+        ));
+    }
+    let lower = said.to_lowercase();
+    if lower.contains("code") {
         text.push_str(
             "\n\nHere is a code block:\n\n```rust\nfn main() {\n    println!(\"hello from netfly\");\n}\n```\n",
         );
     }
+    if lower.contains("table") {
+        text.push_str(
+            "\n\n| piece | what it does |\n|---|---|\n| gateway | streams the answer |\n| page | renders **Markdown** |\n",
+        );
+    }
     text
+}
+
+/// The deterministic reasoning streamed before the answer when the last
+/// user message asks the demo to think (mentions "think"); `None` otherwise.
+pub fn reasoning(last_user: &str) -> Option<String> {
+    last_user.to_lowercase().contains("think").then(|| {
+        "The user wants to see the thinking section. I will stream these words as \
+         reasoning first, then the answer."
+            .to_owned()
+    })
 }
 
 /// Splits `text` into word-sized pieces whose concatenation is `text`.
@@ -87,19 +133,20 @@ async fn completions(body: web::Bytes, delay: web::Data<Duration>) -> HttpRespon
             }))
         }
     };
-    let last_user = req
+    let (last_user, images) = req
         .messages
         .iter()
         .rev()
         .find(|m| m.role == "user")
-        .map(|m| m.content.as_str())
-        .unwrap_or("");
-    let text = answer(last_user);
+        .map(DemoMessage::text)
+        .unwrap_or_default();
+    let text = answer(&last_user, images);
+    let thought = reasoning(&last_user);
     let words = pieces(&text);
     let prompt_tokens: usize = req
         .messages
         .iter()
-        .map(|m| m.content.split_whitespace().count())
+        .map(|m| m.text().0.split_whitespace().count())
         .sum();
     let usage = json!({
         "prompt_tokens": prompt_tokens,
@@ -127,6 +174,9 @@ async fn completions(body: web::Bytes, delay: web::Data<Duration>) -> HttpRespon
     };
     let mut events: Vec<Bytes> = Vec::with_capacity(words.len() + 4);
     events.push(chunk(json!({"role": "assistant"}), None));
+    for w in thought.as_deref().map(pieces).unwrap_or_default() {
+        events.push(chunk(json!({ "reasoning_content": w }), None));
+    }
     for w in &words {
         events.push(chunk(json!({ "content": w }), None));
     }

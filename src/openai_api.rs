@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use crate::admission::{self, ChatSlot, Client};
 use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
-use crate::protocol::{self, ChatRequest, ClientFrame};
+use crate::protocol::{self, ChatRequest, ClientFrame, FrameRules};
 use crate::shared::Shared;
 use crate::upstream::{next_chat_key, CancelChat, ChatEvent, ChatSink, StartChat, Upstream};
 
@@ -170,7 +170,7 @@ struct Parsed {
 
 /// Builds the `chat` frame of an OpenAI request body and validates it with
 /// the WebSocket rules.
-fn parse_request(body: &[u8], id: &str, models: &[String]) -> Result<Parsed, ChatError> {
+fn parse_request(body: &[u8], id: &str, rules: &FrameRules<'_>) -> Result<Parsed, ChatError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ChatError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
@@ -230,7 +230,7 @@ fn parse_request(body: &[u8], id: &str, models: &[String]) -> Result<Parsed, Cha
         frame.insert("params".into(), Value::Object(params));
     }
     let text = Value::Object(frame).to_string();
-    match protocol::parse_client_frame(&text, models) {
+    match protocol::parse_client_frame(&text, rules) {
         Ok(ClientFrame::Chat(request)) => Ok(Parsed {
             request,
             stream,
@@ -479,7 +479,7 @@ async fn chat_completions(
         fastrand::u64(..),
         fastrand::u32(..)
     );
-    let parsed = match parse_request(&body, &id, &shared.config.models) {
+    let parsed = match parse_request(&body, &id, &shared.config.frame_rules()) {
         Ok(p) => p,
         Err(err) => {
             shared.metrics.chat_ended(Outcome::Failed(err.code()));
@@ -616,6 +616,13 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
 
+    fn rules(models: &[String]) -> FrameRules<'_> {
+        FrameRules {
+            models,
+            max_image_bytes: 1 << 20,
+        }
+    }
+
     fn models() -> Vec<String> {
         vec!["gpt-3.5-turbo".into(), "gpt-4".into()]
     }
@@ -625,7 +632,7 @@ mod tests {
         let body = br#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],
             "stream":true,"stream_options":{"include_usage":true},"temperature":0.5,
             "max_completion_tokens":7,"n":1,"user":"u1"}"#;
-        let p = parse_request(body, "x1", &models()).unwrap();
+        let p = parse_request(body, "x1", &rules(&models())).unwrap();
         assert!(p.stream && p.include_usage);
         assert_eq!(p.request.model, "gpt-4");
         assert_eq!(p.request.params.temperature, Some(0.5));
@@ -634,7 +641,7 @@ mod tests {
 
     #[test]
     fn refuses_what_the_websocket_refuses() {
-        let bad = |b: &str| parse_request(b.as_bytes(), "x1", &models()).unwrap_err();
+        let bad = |b: &str| parse_request(b.as_bytes(), "x1", &rules(&models())).unwrap_err();
         assert_eq!(bad("nope").code(), ErrorCode::BadRequest);
         assert_eq!(bad(r#"{"messages":[]}"#).code(), ErrorCode::BadRequest);
         assert_eq!(

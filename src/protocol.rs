@@ -21,15 +21,170 @@ pub const MAX_STOP: usize = 4;
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     System,
+    Developer,
     User,
     Assistant,
 }
 
-/// One message of the conversation, forwarded upstream as is.
+/// One message of the conversation, forwarded upstream as the client sent
+/// it (PROTOCOL.md §3.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: Role,
-    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub content: Content,
+}
+
+/// A message's content: text, or an array of parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// By hand rather than `untagged`, so that a bad part says what is wrong
+/// with it (serde's untagged error names no field).
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Content, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Content, E> {
+                Ok(Content::Text(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Content, E> {
+                Ok(Content::Text(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Content, A::Error> {
+                Vec::<ContentPart>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(Content::Parts)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl From<&str> for Content {
+    fn from(text: &str) -> Content {
+        Content::Text(text.to_owned())
+    }
+}
+
+impl Content {
+    /// The text of the content (its text parts, joined by a newline).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Content::Text(t) => std::borrow::Cow::Borrowed(t),
+            Content::Parts(parts) => std::borrow::Cow::Owned(
+                parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        ContentPart::ImageUrl { .. } => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        }
+    }
+}
+
+/// One part of a message's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+/// An image a message refers to: an `https:` URL or a
+/// `data:image/…;base64,` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What a client's frame is checked against (besides the fixed limits).
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRules<'a> {
+    /// `--models`: the first is the default.
+    pub models: &'a [String],
+    /// Longest image URL a content part may carry (`--max-image-bytes`).
+    pub max_image_bytes: usize,
+}
+
+impl ChatMessage {
+    /// Checks the message's content parts; `i` is its index (for messages).
+    fn validate(&self, i: usize, rules: &FrameRules<'_>) -> Result<(), String> {
+        let Content::Parts(parts) = &self.content else {
+            return Ok(());
+        };
+        if parts.is_empty() {
+            return Err(format!("messages[{i}].content is an empty array"));
+        }
+        for (j, part) in parts.iter().enumerate() {
+            let ContentPart::ImageUrl { image_url } = part else {
+                continue;
+            };
+            let at = format!("messages[{i}].content[{j}].image_url");
+            check_image_url(&image_url.url, rules.max_image_bytes)
+                .map_err(|why| format!("{at}.url {why}"))?;
+            if let Some(d) = &image_url.detail {
+                if !matches!(d.as_str(), "auto" | "low" | "high") {
+                    return Err(format!(
+                        "{at}.detail must be \"auto\", \"low\" or \"high\", got {d:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `url` is an image URL a chat may carry: `https:` or a base64
+/// `data:image/…` URL of at most `max` bytes.
+fn check_image_url(url: &str, max: usize) -> Result<(), String> {
+    if url.len() > max {
+        return Err(format!(
+            "is {} bytes, over the {max}-byte limit for one image",
+            url.len()
+        ));
+    }
+    let lower = url.get(..11).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return match url.parse::<awc::http::Uri>() {
+            Ok(u) if u.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+            _ => Err("is not a valid https: URL".into()),
+        };
+    }
+    if let Some(rest) = lower.strip_prefix("data:image/").map(|_| &url[11..]) {
+        let Some((mime, data)) = rest.split_once(";base64,") else {
+            return Err("must be a base64 data URL (data:image/…;base64,…)".into());
+        };
+        let mime_ok = !mime.is_empty()
+            && mime
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        let data_ok = !data.is_empty()
+            && data
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+        return match (mime_ok, data_ok) {
+            (true, true) => Ok(()),
+            (false, _) => Err(format!("has an invalid image type {mime:?}")),
+            (_, false) => Err("has invalid base64 data".into()),
+        };
+    }
+    Err("must be an https: URL or a data:image/…;base64, URL".into())
 }
 
 /// `stop`: one string or a list of them.
@@ -166,8 +321,9 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
-/// Parses and validates one client text frame against the allowed models.
-pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, FrameError> {
+/// Parses and validates one client text frame against `rules`.
+pub fn parse_client_frame(text: &str, rules: &FrameRules<'_>) -> Result<ClientFrame, FrameError> {
+    let models = rules.models;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| FrameError::untied(format!("frame is not valid JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
@@ -241,7 +397,8 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
         };
         return Ok(ClientFrame::Resume { session, id, after });
     }
-    let wire: ChatWire = serde_json::from_value(Value::Object(obj))
+    // The error names the field it is about ("messages[1].content[0].type: …").
+    let wire: ChatWire = serde_path_to_error::deserialize(Value::Object(obj))
         .map_err(|e| tied(ChatError::BadRequest(format!("invalid chat frame: {e}"))))?;
     let model = match wire.model {
         None => models.first().cloned().unwrap_or_default(),
@@ -258,6 +415,10 @@ pub fn parse_client_frame(text: &str, models: &[String]) -> Result<ClientFrame, 
             "\"messages\" must hold 1–{MAX_MESSAGES} messages, got {}",
             wire.messages.len()
         ))));
+    }
+    for (i, m) in wire.messages.iter().enumerate() {
+        m.validate(i, rules)
+            .map_err(|e| tied(ChatError::BadRequest(e)))?;
     }
     let params = wire.params.unwrap_or_default();
     params
@@ -352,12 +513,54 @@ impl ServerFrame<'_> {
 
 // ---------------------------------------------------------------- gateway → upstream
 
-/// The body of the upstream POST.
+/// The body of the upstream POST of a WebSocket chat.
 #[derive(Debug, Serialize)]
 pub struct UpstreamRequest<'a> {
     pub model: &'a str,
-    pub messages: &'a [ChatMessage],
+    pub messages: UpstreamMessages<'a>,
     pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
     #[serde(flatten)]
     pub params: &'a Params,
+}
+
+/// `stream_options` of an upstream request.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StreamOptions {
+    pub include_usage: bool,
+}
+
+/// A chat's messages as the upstream gets them: unchanged, except that
+/// `developer` becomes `system` for an upstream that does not know it.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamMessages<'a> {
+    pub messages: &'a [ChatMessage],
+    pub developer_as_system: bool,
+}
+
+impl Serialize for UpstreamMessages<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            role: Role,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            name: &'a Option<String>,
+            content: &'a Content,
+        }
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.messages.len()))?;
+        for m in self.messages {
+            let role = match m.role {
+                Role::Developer if self.developer_as_system => Role::System,
+                other => other,
+            };
+            seq.serialize_element(&View {
+                role,
+                name: &m.name,
+                content: &m.content,
+            })?;
+        }
+        seq.end()
+    }
 }

@@ -201,7 +201,7 @@ impl Session {
         if self.shared.config.fault_injection && text.contains("netfly-fault:panic-session") {
             panic!("fault injection: session panic");
         }
-        match protocol::parse_client_frame(text, &self.shared.config.models) {
+        match protocol::parse_client_frame(text, &self.shared.config.frame_rules()) {
             Ok(ClientFrame::Chat(request)) => self.on_chat(request, ctx),
             Ok(ClientFrame::Cancel { id }) => {
                 // Cancelling a chat that is not in flight is ignored. The

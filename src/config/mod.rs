@@ -575,6 +575,14 @@ impl Config {
         })
     }
 
+    /// What a client's chat frame is checked against.
+    pub fn frame_rules(&self) -> crate::protocol::FrameRules<'_> {
+        crate::protocol::FrameRules {
+            models: &self.models,
+            max_image_bytes: self.max_image_bytes,
+        }
+    }
+
     /// The default model (the first of `--models`).
     pub fn default_model(&self) -> &str {
         &self.models[0]

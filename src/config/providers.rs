@@ -119,6 +119,11 @@ pub struct Provider {
     /// Outbound HTTP proxy for this upstream (the `--no-proxy` list is
     /// added when the configuration is resolved).
     pub proxy: Option<ProxySpec>,
+    /// The upstream rejects the `developer` role: send it as `system`.
+    pub developer_as_system: bool,
+    /// The upstream supports `stream_options.include_usage`: WebSocket
+    /// chats ask for it, so their `done` carries the usage.
+    pub include_usage: bool,
     pub policy: PolicyOverrides,
 }
 
@@ -148,6 +153,10 @@ struct ProviderToml {
     #[serde(default)]
     defaults: Params,
     proxy: Option<String>,
+    #[serde(default)]
+    developer_as_system: bool,
+    #[serde(default)]
+    include_usage: bool,
     max_attempts: Option<u32>,
     backoff_base_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
@@ -235,6 +244,8 @@ impl ProviderToml {
             models: ModelMap(models),
             defaults: self.defaults,
             proxy,
+            developer_as_system: self.developer_as_system,
+            include_usage: self.include_usage,
             policy: PolicyOverrides {
                 max_attempts: self.max_attempts,
                 backoff_base: ms(self.backoff_base_ms),

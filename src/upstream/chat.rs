@@ -19,7 +19,7 @@ use super::target::Target;
 use super::ChatSink;
 use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
-use crate::protocol::{ChatRequest, UpstreamRequest};
+use crate::protocol::{ChatRequest, StreamOptions, UpstreamMessages, UpstreamRequest};
 use crate::shared::Shared;
 
 /// Largest error body read from a failed upstream answer.
@@ -121,7 +121,7 @@ impl ChatTask {
                 .request
                 .messages
                 .iter()
-                .any(|m| m.content.contains("netfly-fault:panic-chat"))
+                .any(|m| m.content.text().contains("netfly-fault:panic-chat"))
         {
             panic!("fault injection: chat task panic");
         }
@@ -265,8 +265,14 @@ impl ChatTask {
         let params = self.request.params.merged_over(&target.defaults);
         serde_json::to_vec(&UpstreamRequest {
             model,
-            messages: &self.request.messages,
+            messages: UpstreamMessages {
+                messages: &self.request.messages,
+                developer_as_system: target.developer_as_system,
+            },
             stream: true,
+            stream_options: target.include_usage.then_some(StreamOptions {
+                include_usage: true,
+            }),
             params: &params,
         })
         .map(Bytes::from)

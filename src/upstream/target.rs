@@ -73,6 +73,10 @@ pub struct Target {
     pub policy: Policy,
     /// Outbound proxy, if any.
     pub proxy: Option<Arc<ProxySpec>>,
+    /// Send `developer` messages as `system` (the upstream rejects them).
+    pub developer_as_system: bool,
+    /// Ask for `stream_options.include_usage` on WebSocket chats.
+    pub include_usage: bool,
 }
 
 /// Every upstream of a gateway and, per configured model, the indices of
@@ -101,6 +105,8 @@ impl Targets {
             defaults: Params::default(),
             policy: global.clone(),
             proxy: proxy.clone(),
+            developer_as_system: false,
+            include_usage: false,
         };
         let mut list = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
@@ -129,6 +135,8 @@ impl Targets {
                     defaults: p.defaults.clone(),
                     policy: global.overridden(&p.policy),
                     proxy: p.proxy.clone().map(Arc::new).or_else(|| proxy.clone()),
+                    developer_as_system: p.developer_as_system,
+                    include_usage: p.include_usage,
                 }),
             }
         }

@@ -2,7 +2,8 @@
 
 use netfly::error::ChatError;
 use netfly::protocol::{
-    parse_client_frame, ChatMessage, ClientFrame, Params, Role, ServerFrame, Stop, UpstreamRequest,
+    parse_client_frame, ChatMessage, ClientFrame, Content, ContentPart, FrameRules, ImageUrl,
+    Params, Role, ServerFrame, Stop, StreamOptions, UpstreamMessages, UpstreamRequest,
 };
 use serde_json::{json, Value};
 
@@ -10,8 +11,16 @@ fn models() -> Vec<String> {
     vec!["gpt-3.5-turbo".into(), "gpt-4".into()]
 }
 
+/// The rules of the tests: the two models, images up to 200 bytes.
+fn rules(models: &[String]) -> FrameRules<'_> {
+    FrameRules {
+        models,
+        max_image_bytes: 200,
+    }
+}
+
 fn parse(v: Value) -> Result<ClientFrame, netfly::protocol::FrameError> {
-    parse_client_frame(&v.to_string(), &models())
+    parse_client_frame(&v.to_string(), &rules(&models()))
 }
 
 fn chat(extra: Value) -> Value {
@@ -88,7 +97,7 @@ fn cancel_parses() {
 #[test]
 fn untied_errors_have_a_null_id() {
     for text in ["{bad", "", "[]", "42", "\"chat\"", "null"] {
-        let e = parse_client_frame(text, &models()).expect_err(text);
+        let e = parse_client_frame(text, &rules(&models())).expect_err(text);
         assert_eq!(e.error.code().as_str(), "bad_request", "{text}");
         assert_eq!(e.id, None);
     }
@@ -279,6 +288,7 @@ fn server_frames_have_the_documented_shapes() {
 fn upstream_body_carries_only_set_params() {
     let messages = vec![ChatMessage {
         role: Role::User,
+        name: None,
         content: "Hi".into(),
     }];
     let params = Params {
@@ -288,12 +298,180 @@ fn upstream_body_carries_only_set_params() {
     };
     let body = UpstreamRequest {
         model: "gpt-4",
-        messages: &messages,
+        messages: UpstreamMessages {
+            messages: &messages,
+            developer_as_system: false,
+        },
         stream: true,
+        stream_options: None,
         params: &params,
     };
     assert_eq!(
         serde_json::to_value(&body).expect("json"),
         json!({"model":"gpt-4","messages":[{"role":"user","content":"Hi"}],"stream":true,"temperature":0.5,"stop":"x"})
+    );
+}
+
+/// Roles, names and content parts go upstream exactly as the client sent
+/// them; `developer` becomes `system` only when the upstream is said to
+/// need it; `stream_options` only when asked.
+#[test]
+fn upstream_body_carries_parts_names_and_roles() {
+    let frame = json!({"type": "chat", "id": "c1", "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "name": "ann", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+        ]},
+        {"role": "assistant", "content": "A cat."}
+    ]});
+    let Ok(ClientFrame::Chat(request)) = parse(frame.clone()) else {
+        panic!("refused {frame}");
+    };
+    let params = Params::default();
+    for developer_as_system in [false, true] {
+        let body = UpstreamRequest {
+            model: "m",
+            messages: UpstreamMessages {
+                messages: &request.messages,
+                developer_as_system,
+            },
+            stream: true,
+            stream_options: developer_as_system.then_some(StreamOptions {
+                include_usage: true,
+            }),
+            params: &params,
+        };
+        let mut want = frame["messages"].clone();
+        if developer_as_system {
+            want[0]["role"] = json!("system");
+        }
+        let got = serde_json::to_value(&body).expect("json");
+        assert_eq!(got["messages"], want);
+        assert_eq!(
+            got.get("stream_options").cloned(),
+            developer_as_system.then(|| json!({"include_usage": true}))
+        );
+    }
+    assert_eq!(
+        request.messages[1].content,
+        Content::Parts(vec![
+            ContentPart::Text {
+                text: "What is this?".into()
+            },
+            ContentPart::ImageUrl {
+                image_url: ImageUrl {
+                    url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                    detail: Some("low".into())
+                }
+            },
+            ContentPart::ImageUrl {
+                image_url: ImageUrl {
+                    url: "https://example.com/cat.png".into(),
+                    detail: None
+                }
+            },
+        ])
+    );
+}
+
+/// Everything §3.1 does not allow in a message is `bad_request`, with a
+/// message that says where.
+#[test]
+fn bad_messages_and_parts_are_refused_precisely() {
+    let big = format!("data:image/png;base64,{}", "A".repeat(300));
+    let cases = [
+        (
+            json!({"role": "tool", "content": "x"}),
+            "messages[0].role: unknown variant `tool`",
+        ),
+        (json!({"role": "user", "content": "x", "extra": 1}), "extra"),
+        (json!({"role": "user", "name": 5, "content": "x"}), "name"),
+        (
+            json!({"role": "user", "content": 5}),
+            "messages[0].content: invalid type",
+        ),
+        (json!({"role": "user", "content": []}), "empty"),
+        (
+            json!({"role": "user", "content": [{"type": "audio", "audio": {}}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "text"}]}),
+            "missing field `text`",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x.example/a.png"}}]}),
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "javascript:alert(1)"}}]}),
+            "https:",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:text/html;base64,PGI+"}}]}),
+            "data:image",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png,raw"}}]}),
+            "base64",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}),
+            "base64",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": big}}]}),
+            "200-byte limit",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.example/a.png", "detail": "max"}}]}),
+            "detail",
+        ),
+        (
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x.example/a.png", "alt": "x"}}]}),
+            "alt",
+        ),
+    ];
+    for (message, needle) in cases {
+        let m = refused(
+            chat(json!({"messages": [message.clone()]})),
+            "bad_request",
+            Some("c1"),
+        );
+        assert!(
+            m.contains(needle),
+            "{message} → {m:?} should mention {needle:?}"
+        );
+    }
+}
+
+#[test]
+fn resume_frames_parse_and_bad_ones_are_refused() {
+    let s = "ab".repeat(24);
+    assert_eq!(
+        parse(json!({"type": "resume", "session": s, "id": "c1", "after": 17})).expect("valid"),
+        ClientFrame::Resume {
+            session: s.clone(),
+            id: "c1".into(),
+            after: 17
+        }
+    );
+    for bad in [
+        json!({"type": "resume", "id": "c1", "after": 0}),
+        json!({"type": "resume", "session": s, "id": "c1"}),
+        json!({"type": "resume", "session": s, "id": "c1", "after": -1}),
+        json!({"type": "resume", "session": s, "id": "c1", "after": 2.5}),
+        json!({"type": "resume", "session": s, "id": "c1", "after": null}),
+        json!({"type": "resume", "session": "", "id": "c1", "after": 0}),
+        json!({"type": "resume", "session": "x".repeat(65), "id": "c1", "after": 0}),
+    ] {
+        refused(bad, "bad_request", Some("c1"));
+    }
+    refused(
+        json!({"type": "resume", "session": s, "id": 3, "after": 0}),
+        "bad_request",
+        None,
     );
 }

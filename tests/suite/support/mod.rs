@@ -20,6 +20,7 @@ pub mod fake;
 pub mod process;
 pub mod raw_http;
 pub mod raw_ws;
+pub mod temp_file;
 pub mod ws;
 
 use std::collections::HashMap;

@@ -109,9 +109,22 @@ fn bad_inputs() -> Vec<BadInput> {
         ("number content", json!({ "role": "user", "content": 5 })),
         ("null content", json!({ "role": "user", "content": null })),
         ("missing content", json!({ "role": "user" })),
+        // Content arrays are allowed (§3.1); these are not.
         (
-            "array content",
-            json!({ "role": "user", "content": [{ "type": "text", "text": "x" }] }),
+            "empty content array",
+            json!({ "role": "user", "content": [] }),
+        ),
+        (
+            "unknown content part",
+            json!({ "role": "user", "content": [{ "type": "audio", "audio": {} }] }),
+        ),
+        (
+            "http image URL",
+            json!({ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "http://x.example/a.png" } }] }),
+        ),
+        (
+            "unknown message field",
+            json!({ "role": "user", "content": "x", "tools": [] }),
         ),
     ];
     cases.extend(messages.map(|(label, m)| bad(label, with_message(m))));
