@@ -18,7 +18,16 @@ macro_rules! assets {
 }
 
 /// Every file served under `/static/`.
-pub const ASSETS: &[Asset] = assets!["app.js", "style.css"];
+pub const ASSETS: &[Asset] = assets![
+    "app.js",
+    "attachments.js",
+    "dom.js",
+    "markdown.js",
+    "netfly-client.js",
+    "storage.js",
+    "style.css",
+    "turn.js",
+];
 
 /// The page served at `/`.
 pub const INDEX_HTML: &[u8] = include_bytes!("../static/index.html");
