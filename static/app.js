@@ -93,7 +93,8 @@ class ChatApp {
     this.restore();
     this.client.connect();
     this.updateComposer();
-    if (window.matchMedia("(pointer: fine)").matches) this.dom.prompt.focus();
+    // Ready to type (not on touch screens, where focus opens the keyboard).
+    if (!window.matchMedia("(pointer: coarse)").matches) this.dom.prompt.focus();
   }
 
   // -- UI events ---------------------------------------------------------------
@@ -144,6 +145,13 @@ class ChatApp {
     d.system.addEventListener("change", () => this.store.schedule());
     d.temperature.addEventListener("change", () => this.store.schedule());
     window.addEventListener("pagehide", () => this.store.saveNow());
+    let resizeTimer = 0;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        for (const t of this.turns) if (t.role === "assistant") t.markScrollables();
+      }, 100);
+    });
     document.addEventListener("visibilitychange", () => {
       if (document.visibilityState === "hidden") this.store.saveNow();
     });

@@ -699,8 +699,8 @@ export function renderInline(parent, text) {
 // Block DOM
 // ---------------------------------------------------------------------------
 
-/** Model headings sit under the page's own h1/h2: `#` becomes h3. */
-const HEADING_SHIFT = 2;
+/** Model headings sit under the page's h2 per turn: `#` and `##` become h3, `###` h4, … */
+const headingTag = (level) => `h${Math.min(6, Math.max(3, level + 1))}`;
 
 function codeBlock(block) {
   const wrap = document.createElement("div");
@@ -768,7 +768,7 @@ function table(block) {
 export function renderBlock(block, tight = false) {
   switch (block.type) {
     case "heading": {
-      const h = document.createElement(`h${Math.min(6, block.level + HEADING_SHIFT)}`);
+      const h = document.createElement(headingTag(block.level));
       h.className = `md-h${block.level}`;
       renderInline(h, block.text);
       return h;
@@ -836,9 +836,9 @@ function patch(old, fresh) {
     }
     return old;
   }
-  // Attributes.
+  // Attributes (but `tabindex`, which the page sets on blocks that scroll).
   for (const attr of [...old.attributes]) {
-    if (!fresh.hasAttribute(attr.name)) old.removeAttribute(attr.name);
+    if (!fresh.hasAttribute(attr.name) && attr.name !== "tabindex") old.removeAttribute(attr.name);
   }
   for (const attr of fresh.attributes) {
     if (old.getAttribute(attr.name) !== attr.value) old.setAttribute(attr.name, attr.value);

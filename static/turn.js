@@ -57,6 +57,19 @@ function speechOf(node) {
   return node.textContent;
 }
 
+/**
+ * Code blocks and tables in `root` that scroll sideways become focusable
+ * (so the keyboard can scroll them); the others are not tab stops.
+ */
+function markScrollablesIn(root) {
+  if (!(root instanceof Element)) return;
+  const boxes = root.matches("pre.code, .table-wrap") ? [root] : root.querySelectorAll("pre.code, .table-wrap");
+  for (const box of boxes) {
+    if (box.scrollWidth > box.clientWidth + 1) box.tabIndex = 0;
+    else box.removeAttribute("tabindex");
+  }
+}
+
 /** A paragraph still being written is announced in pieces of at least this many characters. */
 const MIN_PIECE_CHARS = 40;
 
@@ -206,7 +219,12 @@ export class AssistantTurn {
     this.copyButton = copy;
     this.retryButton = null;
     this.metaNode = meta;
-    this.view = new MarkdownView(body, { onCommit: (node) => this.speakBlock(node) });
+    this.view = new MarkdownView(body, {
+      onCommit: (node) => {
+        this.speakBlock(node);
+        markScrollablesIn(node);
+      },
+    });
     this.thinkingView = new MarkdownView(thinkingBody);
   }
 
@@ -287,8 +305,15 @@ export class AssistantTurn {
   render() {
     this.thinkingView.render();
     this.view.render();
+    for (const node of this.view.openNodes()) markScrollablesIn(node);
     this.speakOpenSentences();
     this.updateBody();
+  }
+
+  /** Code blocks and tables that scroll sideways take the keyboard focus (all of them: after a resize). */
+  markScrollables() {
+    markScrollablesIn(this.body);
+    markScrollablesIn(this.thinking);
   }
 
   /**
@@ -305,6 +330,7 @@ export class AssistantTurn {
     if (this.thinkingStarted && this.thinkingMs === null) this.thinkingMs = performance.now() - this.thinkingStarted;
     this.thinkingView.render(true);
     this.view.render(true);
+    this.markScrollables();
     if (!this.userToggledThinking) this.thinking.open = false;
     this.refresh();
   }

@@ -554,6 +554,8 @@ impl Browser {
             json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] }),
         )
         .await;
+        // The page re-checks which blocks scroll sideways after a resize.
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
 
     /// Runs axe-core on the page as it is: serious and critical violations
@@ -774,4 +776,66 @@ fn long_stalled_answer(piece: impl Fn(usize) -> String) -> Reply {
     let pieces: Vec<String> = (0..400).map(piece).collect();
     let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
     Reply::sse_words_slow(&pieces, Duration::from_millis(60)).with_end(End::Stall)
+}
+
+/// A Markdown answer with every construct the page renders: heading,
+/// emphasis, inline code, nested and ordered lists, a table with
+/// alignments, a fenced code block with a language (holding markup), a
+/// quote with a safe link, unsafe links (`javascript:`, `data:`), a bare
+/// URL, literal HTML, and a hard break.
+const MARKDOWN_ANSWER: &str = "## Plan\n\
+\n\
+Here is **the plan**, with *emphasis* and `inline code`:\n\
+\n\
+1. Install it\n\
+2. Run it:\n   \
+   - locally\n   \
+   - in CI\n\
+\n\
+| Tool | Version | Notes |\n\
+|:-----|--------:|:-----:|\n\
+| rustc | 1.80 | stable |\n\
+| node | 20 | LTS |\n\
+\n\
+```python\n\
+def greet(name):\n    \
+    print(f\"<b>hi</b> {name}\")  # <script>alert(1)</script>\n\
+```\n\
+\n\
+> A quote with a [safe link](https://example.com/docs?a=1&b=2 \"Docs\").\n\
+\n\
+Bad links: [click me](javascript:alert(1)), [data](data:text/html,<script>alert(1)</script>), \
+<javascript:alert(2)> and https://example.org/path.\n\
+\n\
+Literal <script>window.__netflyPwned = 1</script> and <img src=x onerror=\"window.__netflyPwned = 2\"> stay text.  \n\
+Hard break above.\n";
+
+/// The code of [`MARKDOWN_ANSWER`]'s fenced block, exactly.
+const MARKDOWN_CODE: &str =
+    "def greet(name):\n    print(f\"<b>hi</b> {name}\")  # <script>alert(1)</script>\n";
+
+/// `text` in pieces of `size` characters (the last one shorter).
+fn pieces_of(text: &str, size: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    chars
+        .chunks(size)
+        .map(|c| c.iter().collect::<String>())
+        .collect()
+}
+
+/// An OpenAI stream of `text` in `size`-character deltas, `gap` apart.
+fn stream_text(text: &str, size: usize, gap: Duration) -> Reply {
+    let pieces = pieces_of(text, size);
+    let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    Reply::sse_words_slow(&pieces, gap)
+}
+
+/// An OpenAI stream of `text` in `size`-character deltas, `gap` apart,
+/// that then stalls without finishing (an answer still streaming).
+fn stream_text_then_stall(text: &str, size: usize, gap: Duration) -> Reply {
+    let events: Vec<Vec<u8>> = pieces_of(text, size)
+        .iter()
+        .map(|p| crate::support::fake::event(&chunk(p)))
+        .collect();
+    Reply::sse(crate::support::fake::with_gaps(events, gap)).with_end(End::Stall)
 }
