@@ -63,7 +63,10 @@ async fn axe_finds_no_serious_violations() {
     assert_eq!(browser.answer_state().await, "streaming");
     browser.press(&[char::from(Key::Escape)]).await;
     browser.wait_state("stopped", WAIT).await;
-    assert!(fake.wait_client_disconnect(WAIT).await, "Escape cancelled the chat");
+    assert!(
+        fake.wait_client_disconnect(WAIT).await,
+        "Escape cancelled the chat"
+    );
 
     browser.send_message("Plan it again").await;
     browser.wait_state("done", WAIT).await;
@@ -108,7 +111,11 @@ async fn keyboard_only_chat() {
     let args = flags("--max-attempts 1");
     let (_turn, fake, gateway, browser) = open_page(script, &args, (1024, 768), "").await;
 
-    assert_eq!(browser.focused().await, "#prompt", "the message box has the focus on load");
+    assert_eq!(
+        browser.focused().await,
+        "#prompt",
+        "the message box has the focus on load"
+    );
 
     // The controls, backwards from the message box, then the skip link.
     let mut order = Vec::new();
@@ -133,9 +140,17 @@ async fn keyboard_only_chat() {
         "keyboard order before the message box"
     );
     browser.press(&[char::from(Key::Enter)]).await;
-    assert_eq!(browser.focused().await, "#prompt", "the skip link goes to the message box");
+    assert_eq!(
+        browser.focused().await,
+        "#prompt",
+        "the skip link goes to the message box"
+    );
     browser.press(&[char::from(Key::Tab)]).await;
-    assert_eq!(browser.focused().await, "#send", "Send follows the message box");
+    assert_eq!(
+        browser.focused().await,
+        "#send",
+        "Send follows the message box"
+    );
     browser.press_shifted(Key::Tab).await;
 
     // Type, Enter; Escape stops the answer; the focus stays in the box.
@@ -147,14 +162,21 @@ async fn keyboard_only_chat() {
     assert_eq!(browser.focused().await, "#prompt");
     browser.press(&[char::from(Key::Escape)]).await;
     browser.wait_state("stopped", WAIT).await;
-    assert!(fake.wait_client_disconnect(WAIT).await, "Escape cancelled the chat");
+    assert!(
+        fake.wait_client_disconnect(WAIT).await,
+        "Escape cancelled the chat"
+    );
     assert_eq!(browser.focused().await, "#prompt", "focus after Escape");
 
     // A Markdown answer runs to its end: the focus stays where it was.
     browser.type_keys("Plan it").await;
     browser.press(&[char::from(Key::Enter)]).await;
     browser.wait_state("done", WAIT).await;
-    assert_eq!(browser.focused().await, "#prompt", "focus after the answer ended");
+    assert_eq!(
+        browser.focused().await,
+        "#prompt",
+        "focus after the answer ended"
+    );
 
     // Back to the answer's Copy, then the code block's Copy.
     browser.record_clipboard().await;
@@ -170,7 +192,10 @@ async fn keyboard_only_chat() {
     let copied = browser
         .wait_js("the answer to be copied", "window.__copied", WAIT)
         .await;
-    assert_eq!(copied, MARKDOWN_ANSWER, "Copy copies the answer's Markdown exactly");
+    assert_eq!(
+        copied, MARKDOWN_ANSWER,
+        "Copy copies the answer's Markdown exactly"
+    );
     browser.record_clipboard().await;
     let mut back = Vec::new();
     for _ in 0..3 {
@@ -190,7 +215,10 @@ async fn keyboard_only_chat() {
     let copied = browser
         .wait_js("the code to be copied", "window.__copied", WAIT)
         .await;
-    assert_eq!(copied, MARKDOWN_CODE, "the code's Copy copies the code exactly");
+    assert_eq!(
+        copied, MARKDOWN_CODE,
+        "the code's Copy copies the code exactly"
+    );
     assert_eq!(
         browser.focused().await,
         "button.ghost.small.copy-code \"Copied\"",
@@ -214,7 +242,11 @@ async fn keyboard_only_chat() {
     assert_eq!(browser.focused().await, "button.small.retry \"Retry\"");
     browser.press(&[char::from(Key::Enter)]).await;
     browser.expect_answer("Back again.").await;
-    assert_eq!(browser.focused().await, "#prompt", "Retry hands the focus to the message box");
+    assert_eq!(
+        browser.focused().await,
+        "#prompt",
+        "Retry hands the focus to the message box"
+    );
 
     // New chat, reached backwards.
     let mut reached = false;
@@ -228,11 +260,15 @@ async fn keyboard_only_chat() {
     assert!(reached, "New chat is reachable with the keyboard");
     browser.press(&[char::from(Key::Enter)]).await;
     assert_eq!(
-        browser.eval("document.querySelectorAll('#messages li').length").await,
+        browser
+            .eval("document.querySelectorAll('#messages li').length")
+            .await,
         json!(0),
         "New chat empties the conversation"
     );
     assert_eq!(browser.focused().await, "#prompt", "focus after New chat");
-    browser.expect_no_console_errors("after the keyboard chat").await;
+    browser
+        .expect_no_console_errors("after the keyboard chat")
+        .await;
     browser.close_with(gateway).await;
 }

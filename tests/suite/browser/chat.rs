@@ -41,7 +41,6 @@ const ANSWER: &[&str] = &[
 ];
 const PAUSE_AFTER: usize = 18;
 
-
 /// Page load, models from hello, a streamed answer rendered exactly (as
 /// text), the conversation history and system prompt sent with the next
 /// turn, the chosen model used, Shift+Enter for a new line.
@@ -137,10 +136,13 @@ async fn page_streams_an_answer_as_exact_text() {
             ["P", "Sure! Here is a tiny program and a few notes."],
             ["DIV", "fn main() {\n    println!(\"hello, <world>\");\n}\n"],
             ["P", "Run it with cargo run: it prints one line and exits."],
-            ["P", "Non-ASCII: héllo wörld — 日本語 🚀 ça marche.\n\
+            [
+                "P",
+                "Non-ASCII: héllo wörld — 日本語 🚀 ça marche.\n\
                    Markup stays text: <script>window.__netflyPwned = 1</script> \
                    <img src=x onerror=\"window.__netflyPwned = 2\"> \
-                   & <b>not bold</b> &amp; trailing  spaces\tand a tab."],
+                   & <b>not bold</b> &amp; trailing  spaces\tand a tab."
+            ],
         ]),
         "the page shows exactly the upstream's text, as Markdown"
     );

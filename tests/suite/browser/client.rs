@@ -44,7 +44,8 @@ async fn check(browser: &Browser, body: &str) -> serde_json::Value {
 /// frame; and the status events say so.
 #[actix_web::test]
 async fn client_resumes_after_a_drop() {
-    let (_turn, _fake, gateway, browser) = open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
+    let (_turn, _fake, gateway, browser) =
+        open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
     let r = check(
         &browser,
         "const c = client(); const statuses = []; c.on('status', (s) => { if (statuses[statuses.length - 1] !== s.state) statuses.push(s.state); });
@@ -72,8 +73,15 @@ async fn client_resumes_after_a_drop() {
     .await;
     assert_eq!(r["threw"], true, "chat() before hello throws");
     assert_eq!(r["first"]["type"], "chat");
-    assert_eq!(r["first"]["messages"], json!([{ "role": "user", "content": "hi" }]));
-    assert!(r["first"].get("params").is_none(), "empty params are left out: {}", r["first"]);
+    assert_eq!(
+        r["first"]["messages"],
+        json!([{ "role": "user", "content": "hi" }])
+    );
+    assert!(
+        r["first"].get("params").is_none(),
+        "empty params are left out: {}",
+        r["first"]
+    );
     let id = r["first"]["id"].as_str().expect("chat id").to_string();
     assert!(
         !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_graphic()),
@@ -81,7 +89,16 @@ async fn client_resumes_after_a_drop() {
     );
     assert_eq!(
         r["got"],
-        json!(["start", "reasoning:hm", "delta:Hel", "paused", "resuming", "delta:lo", "delta: world", "done"]),
+        json!([
+            "start",
+            "reasoning:hm",
+            "delta:Hel",
+            "paused",
+            "resuming",
+            "delta:lo",
+            "delta: world",
+            "done"
+        ]),
         "each frame exactly once, in order, nothing after done"
     );
     assert_eq!(
@@ -92,7 +109,10 @@ async fn client_resumes_after_a_drop() {
     assert_eq!(r["phaseWhileDown"], "paused");
     assert_eq!(r["phase"], "ended");
     assert_eq!(r["lastSeq"], 6);
-    assert_eq!(r["session"], "S2", "the client's session follows the latest hello");
+    assert_eq!(
+        r["session"], "S2",
+        "the client's session follows the latest hello"
+    );
     assert_eq!(r["inFlight"], 0);
     assert_eq!(
         r["statuses"],
@@ -108,7 +128,8 @@ async fn client_resumes_after_a_drop() {
 /// from its saved seq; an error with `id: null` is a client event.
 #[actix_web::test]
 async fn client_ends_chats_it_cannot_resume() {
-    let (_turn, _fake, gateway, browser) = open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
+    let (_turn, _fake, gateway, browser) =
+        open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
     let r = check(
         &browser,
         "const out = {};

@@ -87,10 +87,7 @@ const CASES: &[(&str, &str)] = &[
         r##""<script>alert(1)</script> <b>bold?</b> &amp; &lt;""##,
         r##""<p>&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;bold?&lt;/b&gt; &amp;amp; &amp;lt;</p>""##,
     ),
-    (
-        r##""***\n---\n___""##,
-        r##""<hr><hr><hr>""##,
-    )
+    (r##""***\n---\n___""##, r##""<hr><hr><hr>""##),
 ];
 
 /// A streamed Markdown answer becomes the right elements: heading, lists
@@ -116,7 +113,16 @@ async fn markdown_answer_is_rendered_safely() {
         .await;
     assert_eq!(
         shape,
-        json!(["H3.md-h2", "P", "OL", "DIV.table-wrap", "DIV.code-block", "BLOCKQUOTE", "P", "P"]),
+        json!([
+            "H3.md-h2",
+            "P",
+            "OL",
+            "DIV.table-wrap",
+            "DIV.code-block",
+            "BLOCKQUOTE",
+            "P",
+            "P"
+        ]),
         "the blocks of the answer"
     );
     let lists = browser
@@ -125,7 +131,11 @@ async fn markdown_answer_is_rendered_safely() {
              Array.from(ol.querySelectorAll(':scope > li > ul > li')).map(li => li.textContent)]; }})()"
         ))
         .await;
-    assert_eq!(lists, json!([2, ["locally", "in CI"]]), "the ordered list and its nested list");
+    assert_eq!(
+        lists,
+        json!([2, ["locally", "in CI"]]),
+        "the ordered list and its nested list"
+    );
     let table = browser
         .eval(&format!(
             "(() => {{ const t = {body}.querySelector('table'); return {{ \
@@ -146,7 +156,11 @@ async fn markdown_answer_is_rendered_safely() {
             "[{body}.querySelector('.code-lang').textContent, {body}.querySelector('pre.code code').textContent]"
         ))
         .await;
-    assert_eq!(code, json!(["python", MARKDOWN_CODE]), "the code block, exactly");
+    assert_eq!(
+        code,
+        json!(["python", MARKDOWN_CODE]),
+        "the code block, exactly"
+    );
     assert_eq!(
         browser
             .copied_by("#messages li.turn.assistant:last-child button.copy-code")
@@ -162,8 +176,20 @@ async fn markdown_answer_is_rendered_safely() {
     assert_eq!(
         links,
         json!([
-            ["safe link", "https://example.com/docs?a=1&b=2", "_blank", "noopener noreferrer", "Docs"],
-            ["https://example.org/path", "https://example.org/path", "_blank", "noopener noreferrer", ""],
+            [
+                "safe link",
+                "https://example.com/docs?a=1&b=2",
+                "_blank",
+                "noopener noreferrer",
+                "Docs"
+            ],
+            [
+                "https://example.org/path",
+                "https://example.org/path",
+                "_blank",
+                "noopener noreferrer",
+                ""
+            ],
         ]),
         "only the http(s) links are links"
     );
@@ -174,11 +200,17 @@ async fn markdown_answer_is_rendered_safely() {
         .await;
     assert_eq!(
         blocked,
-        json!([["SPAN", "click me"], ["SPAN", "data"], ["SPAN", "javascript:alert(2)"]]),
+        json!([
+            ["SPAN", "click me"],
+            ["SPAN", "data"],
+            ["SPAN", "javascript:alert(2)"]
+        ]),
         "unsafe links are shown as text"
     );
     let last = browser
-        .eval(&format!("Array.from({body}.querySelectorAll(':scope > p')).pop().innerHTML"))
+        .eval(&format!(
+            "Array.from({body}.querySelectorAll(':scope > p')).pop().innerHTML"
+        ))
         .await;
     assert_eq!(
         last,
@@ -190,14 +222,20 @@ async fn markdown_answer_is_rendered_safely() {
         .eval("[document.querySelectorAll('#messages script, #messages img, #messages iframe, #messages [onerror], \
                #messages a[href^=\"javascript\" i], #messages a[href^=\"data\" i]').length, window.__scripts, typeof window.__netflyPwned]")
         .await;
-    assert_eq!(unsafe_dom, json!([0, 0, "undefined"]), "no script, image or unsafe href was ever created");
+    assert_eq!(
+        unsafe_dom,
+        json!([0, 0, "undefined"]),
+        "no script, image or unsafe href was ever created"
+    );
     assert_eq!(
         browser.answer_source().await,
         MARKDOWN_ANSWER,
         "the answer's Copy copies its Markdown exactly"
     );
     assert_eq!(fake.requests().len(), 1);
-    browser.expect_no_console_errors("after the Markdown answer").await;
+    browser
+        .expect_no_console_errors("after the Markdown answer")
+        .await;
     browser.close_with(gateway).await;
 }
 
@@ -206,7 +244,8 @@ async fn markdown_answer_is_rendered_safely() {
 /// and blocks once final are never replaced; safeHref's verdicts.
 #[actix_web::test]
 async fn markdown_renderer_unit_checks() {
-    let (_turn, _fake, gateway, browser) = open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
+    let (_turn, _fake, gateway, browser) =
+        open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
     let cases: Value = CASES
         .iter()
         .map(|(input, html)| {
@@ -238,7 +277,10 @@ async fn markdown_renderer_unit_checks() {
         ))
         .await;
     assert_eq!(result["wrong"], json!([]), "renderer cases");
-    assert_eq!(result["differ"], 0, "streamed rendering equals rendering at once");
+    assert_eq!(
+        result["differ"], 0,
+        "streamed rendering equals rendering at once"
+    );
     assert_eq!(result["replaced"], 0, "final blocks are never re-created");
     assert_eq!(
         result["hrefs"],
@@ -267,7 +309,8 @@ async fn markdown_renderer_unit_checks() {
 /// toggled with the keyboard, and clean for axe when open.
 #[actix_web::test]
 async fn thinking_section_renders_reasoning() {
-    let (_turn, _fake, gateway, browser) = open_page(vec![Reply::sse_words(&["unused"])], &[], (1280, 860), "").await;
+    let (_turn, _fake, gateway, browser) =
+        open_page(vec![Reply::sse_words(&["unused"])], &[], (1280, 860), "").await;
     let steps = browser
         .eval_async(
             "const { AssistantTurn, TurnState } = await import('/static/turn.js'); \
@@ -290,20 +333,44 @@ async fn thinking_section_renders_reasoning() {
         .await;
     let pick = |i: usize| {
         let s = &steps[i];
-        json!([s["hidden"], s["open"], s["label"], s["answer"], s["state"], s["seq"]])
+        json!([
+            s["hidden"],
+            s["open"],
+            s["label"],
+            s["answer"],
+            s["state"],
+            s["seq"]
+        ])
     };
-    assert_eq!(pick(0), json!([true, false, "Thinking…", "", "waiting", 0]), "before any frame");
-    assert_eq!(pick(1), json!([false, true, "Thinking…", null, "streaming", 3]), "reasoning arrived: open");
     assert_eq!(
-        steps[1]["thinking"],
-        "<p>The user greets me; I answer <strong>briefly</strong>.</p>",
+        pick(0),
+        json!([true, false, "Thinking…", "", "waiting", 0]),
+        "before any frame"
+    );
+    assert_eq!(
+        pick(1),
+        json!([false, true, "Thinking…", null, "streaming", 3]),
+        "reasoning arrived: open"
+    );
+    assert_eq!(
+        steps[1]["thinking"], "<p>The user greets me; I answer <strong>briefly</strong>.</p>",
         "reasoning rendered as Markdown"
     );
-    assert_eq!(steps[1]["above"], true, "the thinking section is above the answer");
-    assert_eq!(pick(2), json!([false, true, "Thinking…", "Hello!", "streaming", 4]), "still open while the answer streams");
+    assert_eq!(
+        steps[1]["above"], true,
+        "the thinking section is above the answer"
+    );
+    assert_eq!(
+        pick(2),
+        json!([false, true, "Thinking…", "Hello!", "streaming", 4]),
+        "still open while the answer streams"
+    );
     let done = pick(3);
     assert_eq!(done[1], false, "collapsed after the answer ended");
-    assert!(has_text(&done[2], "Thought for"), "the label says it thought: {done}");
+    assert!(
+        has_text(&done[2], "Thought for"),
+        "the label says it thought: {done}"
+    );
     assert_eq!(done[3], "Hello!");
 
     // Keyboard: the summary takes the focus and Enter toggles it.
@@ -311,10 +378,18 @@ async fn thinking_section_renders_reasoning() {
         .eval("(window.__turn.thinking.querySelector('summary').focus(), true)")
         .await;
     browser.press(&[char::from(Key::Enter)]).await;
-    assert_eq!(browser.eval("window.__turn.thinking.open").await, true, "Enter opens it");
+    assert_eq!(
+        browser.eval("window.__turn.thinking.open").await,
+        true,
+        "Enter opens it"
+    );
     axe_views(&browser, "thinking open").await;
     browser.press(&[char::from(Key::Enter)]).await;
-    assert_eq!(browser.eval("window.__turn.thinking.open").await, false, "Enter closes it");
+    assert_eq!(
+        browser.eval("window.__turn.thinking.open").await,
+        false,
+        "Enter closes it"
+    );
     browser.close_with(gateway).await;
 }
 
@@ -336,8 +411,13 @@ fn long_answer() -> String {
         section += 1;
         out.push_str(&format!("## Section {section}\n\n"));
         for p in 0..3 {
-            let sentence: Vec<String> = (0..60).map(|w| format!("word{}", (w * 7 + p + section) % 89)).collect();
-            out.push_str(&format!("Paragraph {p} with **bold** and `code`: {}.\n\n", sentence.join(" ")));
+            let sentence: Vec<String> = (0..60)
+                .map(|w| format!("word{}", (w * 7 + p + section) % 89))
+                .collect();
+            out.push_str(&format!(
+                "Paragraph {p} with **bold** and `code`: {}.\n\n",
+                sentence.join(" ")
+            ));
             words += 66;
         }
         out.push_str("- first item with *emphasis*\n- second item\n  - nested item\n\n");
@@ -364,12 +444,17 @@ async fn long_markdown_answer_render_cost() {
         .collect();
     let mut parts = Vec::new();
     for p in &pieces {
-        parts.push(Part::Bytes(crate::support::fake::event(&crate::support::fake::chunk(p))));
+        parts.push(Part::Bytes(crate::support::fake::event(
+            &crate::support::fake::chunk(p),
+        )));
         parts.push(Part::Delay(Duration::from_millis(1)));
     }
-    parts.push(Part::Bytes(crate::support::fake::event(&crate::support::fake::finish_chunk("stop"))));
+    parts.push(Part::Bytes(crate::support::fake::event(
+        &crate::support::fake::finish_chunk("stop"),
+    )));
     parts.push(Part::Bytes(crate::support::fake::done_event()));
-    let (_turn, _fake, gateway, browser) = open_page(vec![Reply::sse(parts)], &[], (1280, 860), "?perf").await;
+    let (_turn, _fake, gateway, browser) =
+        open_page(vec![Reply::sse(parts)], &[], (1280, 860), "?perf").await;
     browser
         .eval("(() => { const p = window.__perfProbe = { longTasks: [], frames: [] }; \
                new PerformanceObserver(l => { for (const e of l.getEntries()) p.longTasks.push(e.duration); }).observe({ type: 'longtask' }); \
@@ -417,7 +502,14 @@ async fn long_markdown_answer_render_cost() {
         stats["blocks"],
     );
     assert!(words >= 20_000, "the answer has {words} words");
-    assert!(stats["frames"].as_u64().unwrap_or(0) > 10, "rendered in many frames: {stats}");
-    assert_eq!(browser.answer_source().await, text, "the long answer arrived exactly");
+    assert!(
+        stats["frames"].as_u64().unwrap_or(0) > 10,
+        "rendered in many frames: {stats}"
+    );
+    assert_eq!(
+        browser.answer_source().await,
+        text,
+        "the long answer arrived exactly"
+    );
     browser.close_with(gateway).await;
 }

@@ -485,8 +485,12 @@ impl Browser {
         let shift = char::from(Key::Shift);
         let actions = KeyActions::new("keyboard".to_string())
             .then(KeyAction::Down { value: shift })
-            .then(KeyAction::Down { value: char::from(key) })
-            .then(KeyAction::Up { value: char::from(key) })
+            .then(KeyAction::Down {
+                value: char::from(key),
+            })
+            .then(KeyAction::Up {
+                value: char::from(key),
+            })
             .then(KeyAction::Up { value: shift });
         self.client
             .perform_actions(actions)
@@ -594,7 +598,8 @@ impl Browser {
         }
         assert!(
             serious.is_empty(),
-            "axe [{label}]: serious/critical violations: {:#}", Value::Array(serious)
+            "axe [{label}]: serious/critical violations: {:#}",
+            Value::Array(serious)
         );
     }
 

@@ -32,10 +32,15 @@ async fn conversation_survives_a_reload() {
         .send_keys("Be brief.")
         .await
         .expect("type the system prompt");
-    browser.send_message("Plan it, with <b>tags</b> & ünïcode").await;
+    browser
+        .send_message("Plan it, with <b>tags</b> & ünïcode")
+        .await;
     browser.wait_state("done", WAIT).await;
     let saved = browser.eval(SAVED).await;
-    assert_eq!(saved["turns"][1]["content"], MARKDOWN_ANSWER, "the answer is saved exactly");
+    assert_eq!(
+        saved["turns"][1]["content"], MARKDOWN_ANSWER,
+        "the answer is saved exactly"
+    );
 
     browser.client.refresh().await.expect("reload the page");
     browser.wait_connected().await;
@@ -48,18 +53,30 @@ async fn conversation_survives_a_reload() {
         "both turns are back"
     );
     assert_eq!(
-        browser.eval_text("document.querySelector('#messages li.turn.user .user-text').textContent").await,
+        browser
+            .eval_text("document.querySelector('#messages li.turn.user .user-text').textContent")
+            .await,
         "Plan it, with <b>tags</b> & ünïcode",
         "the question is back, as text"
     );
     assert_eq!(
-        browser.eval(&format!("{LAST}.querySelector('pre.code code').textContent")).await,
+        browser
+            .eval(&format!(
+                "{LAST}.querySelector('pre.code code').textContent"
+            ))
+            .await,
         MARKDOWN_CODE,
         "the answer is rendered again"
     );
-    assert_eq!(browser.answer_source().await, MARKDOWN_ANSWER, "the answer is back exactly");
     assert_eq!(
-        browser.eval_text("document.getElementById('system-prompt').value").await,
+        browser.answer_source().await,
+        MARKDOWN_ANSWER,
+        "the answer is back exactly"
+    );
+    assert_eq!(
+        browser
+            .eval_text("document.getElementById('system-prompt').value")
+            .await,
         "Be brief.",
         "the settings are back"
     );
@@ -78,11 +95,17 @@ async fn conversation_survives_a_reload() {
     );
 
     browser.click("#new-chat").await;
-    assert_eq!(browser.eval(SAVED).await, json!(null), "New chat clears the storage");
+    assert_eq!(
+        browser.eval(SAVED).await,
+        json!(null),
+        "New chat clears the storage"
+    );
     browser.client.refresh().await.expect("reload the page");
     browser.wait_connected().await;
     assert_eq!(
-        browser.eval("document.querySelectorAll('#messages li').length").await,
+        browser
+            .eval("document.querySelectorAll('#messages li').length")
+            .await,
         json!(0),
         "nothing comes back after New chat"
     );
@@ -98,17 +121,34 @@ async fn reload_mid_answer_without_sessions() {
     let script = vec![long_stalled_answer(|i| format!("w{i} "))];
     let (_turn, fake, gateway, browser) = open_page(script, &[], (1024, 768), "").await;
     browser.send_message("Tell me a long story").await;
-    browser.wait_answer_includes("the story to begin", "w5 ").await;
+    browser
+        .wait_answer_includes("the story to begin", "w5 ")
+        .await;
     browser.client.refresh().await.expect("reload the page");
     browser.wait_connected().await;
     browser.wait_state("interrupted", WAIT).await;
     let text = browser.answer_text().await;
-    assert!(text.starts_with("w0 w1 w2 w3 w4 w5"), "the text so far is back: {text:?}");
-    let note = browser.eval_text(&format!("{LAST}.querySelector('.turn-note').textContent")).await;
-    assert!(note.contains("cut off"), "the turn says it was cut off: {note:?}");
-    assert_eq!(browser.shown_error().await["retry"], true, "Retry is offered");
+    assert!(
+        text.starts_with("w0 w1 w2 w3 w4 w5"),
+        "the text so far is back: {text:?}"
+    );
+    let note = browser
+        .eval_text(&format!("{LAST}.querySelector('.turn-note').textContent"))
+        .await;
+    assert!(
+        note.contains("cut off"),
+        "the turn says it was cut off: {note:?}"
+    );
+    assert_eq!(
+        browser.shown_error().await["retry"],
+        true,
+        "Retry is offered"
+    );
     assert_eq!(browser.send_button().await, "Send");
-    assert!(fake.wait_client_disconnect(WAIT).await, "the old socket's chat was cancelled");
+    assert!(
+        fake.wait_client_disconnect(WAIT).await,
+        "the old socket's chat was cancelled"
+    );
     browser.close_with(gateway).await;
 }
 
@@ -127,7 +167,8 @@ fn make_file(name: &str, mime: &str, size: usize) -> String {
 /// error (and nothing is sent).
 #[actix_web::test]
 async fn images_attach_and_limits() {
-    let (_turn, fake, gateway, browser) = open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
+    let (_turn, fake, gateway, browser) =
+        open_page(vec![Reply::sse_words(&["unused"])], &[], (1024, 768), "").await;
 
     // The file picker, with a real file.
     let dir = fresh_dir("netfly-attach");
@@ -135,10 +176,11 @@ async fn images_attach_and_limits() {
     std::fs::write(
         &png,
         [
-            0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, 0x49, 0x48, 0x44, 0x52, 0, 0, 0, 1, 0, 0, 0,
-            1, 8, 6, 0, 0, 0, 0x1f, 0x15, 0xc4, 0x89, 0, 0, 0, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x64,
-            0xf8, 0xcf, 0x50, 0x0f, 0, 0x03, 0x86, 0x01, 0x80, 0x5a, 0x34, 0x7d, 0x6b, 0, 0, 0, 0, 0x49, 0x45, 0x4e,
-            0x44, 0xae, 0x42, 0x60, 0x82,
+            0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 0x0d, 0x49, 0x48, 0x44, 0x52,
+            0, 0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 0x1f, 0x15, 0xc4, 0x89, 0, 0, 0, 0x0d, 0x49,
+            0x44, 0x41, 0x54, 0x78, 0xda, 0x63, 0x64, 0xf8, 0xcf, 0x50, 0x0f, 0, 0x03, 0x86, 0x01,
+            0x80, 0x5a, 0x34, 0x7d, 0x6b, 0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60,
+            0x82,
         ],
     )
     .expect("write a PNG");
@@ -151,7 +193,11 @@ async fn images_attach_and_limits() {
         .await
         .expect("choose a file");
     browser
-        .wait_js("the picked image", "document.querySelectorAll('#attachments img').length === 1", WAIT)
+        .wait_js(
+            "the picked image",
+            "document.querySelectorAll('#attachments img').length === 1",
+            WAIT,
+        )
         .await;
 
     // Paste and drop.
@@ -186,9 +232,13 @@ async fn images_attach_and_limits() {
         ]),
         "thumbnails of the picked, pasted and dropped images"
     );
-    browser.click("#attachments li:nth-child(2) button.remove").await;
+    browser
+        .click("#attachments li:nth-child(2) button.remove")
+        .await;
     assert_eq!(
-        browser.eval("Array.from(document.querySelectorAll('#attachments img')).map(i => i.alt)").await,
+        browser
+            .eval("Array.from(document.querySelectorAll('#attachments img')).map(i => i.alt)")
+            .await,
         json!(["picked.png", "dropped.gif"]),
         "Remove takes one image away"
     );
@@ -221,7 +271,9 @@ async fn images_attach_and_limits() {
         "a clear error for each refused file"
     );
     assert_eq!(
-        browser.eval("document.querySelectorAll('#attachments img').length").await,
+        browser
+            .eval("document.querySelectorAll('#attachments img').length")
+            .await,
         2,
         "refused files are not attached"
     );
@@ -236,7 +288,11 @@ async fn images_attach_and_limits() {
         ))
         .await;
     browser
-        .wait_js("the big image", "document.querySelectorAll('#attachments img').length === 1", WAIT)
+        .wait_js(
+            "the big image",
+            "document.querySelectorAll('#attachments img').length === 1",
+            WAIT,
+        )
         .await;
     browser.type_message("What is in it?").await;
     browser.press_enter().await;
@@ -253,7 +309,9 @@ async fn images_attach_and_limits() {
     );
     assert_eq!(browser.turn_count().await, 0, "nothing was sent");
     assert_eq!(
-        browser.eval_text("document.getElementById('prompt').value").await,
+        browser
+            .eval_text("document.getElementById('prompt').value")
+            .await,
         "What is in it?",
         "the message stays in the box"
     );
