@@ -89,7 +89,8 @@ class ChatApp {
     this.bindUi();
   }
 
-  start() {
+  async start() {
+    await this.store.open();
     this.restore();
     this.client.connect();
     this.updateComposer();
@@ -587,4 +588,4 @@ class ChatApp {
 }
 
 const app = new ChatApp(document);
-app.start();
+app.start().catch((err) => console.error("netfly: the page failed to start", err));

@@ -5,8 +5,17 @@ import { el, button, formatBytes } from "./dom.js";
 
 /** The image types a message may carry. */
 export const IMAGE_TYPES = Object.freeze(["image/png", "image/jpeg", "image/gif", "image/webp"]);
-/** Per-image limit when hello names none (`hello.max_image_bytes`). */
+/**
+ * The longest data URL of one image when hello names none
+ * (`hello.max_image_bytes`, which bounds the data URL, base64 and all).
+ */
 export const DEFAULT_MAX_IMAGE_BYTES = 1024 * 1024;
+
+/** The largest file whose `data:<type>;base64,` URL fits in `maxUrl` characters. */
+export function maxFileBytes(maxUrl, type) {
+  const room = maxUrl - `data:${type};base64,`.length;
+  return Math.max(0, Math.floor(room / 4) * 3);
+}
 
 function readAsDataUrl(file) {
   return new Promise((resolve, reject) => {
@@ -89,12 +98,18 @@ export class Attachments {
         errors.push(`${name}: only PNG, JPEG, GIF and WebP images can be attached.`);
         continue;
       }
-      if (file.size > this.maxBytes) {
-        errors.push(`${name} is too large (${formatBytes(file.size)}); an image can be at most ${formatBytes(this.maxBytes)}.`);
+      const limit = maxFileBytes(this.maxBytes, file.type);
+      const tooLarge = () => `${name} is too large (${formatBytes(file.size)}); an image can be at most ${formatBytes(limit)}.`;
+      if (file.size > limit) {
+        errors.push(tooLarge());
         continue;
       }
       try {
         const url = await readAsDataUrl(file);
+        if (url.length > this.maxBytes) {
+          errors.push(tooLarge());
+          continue;
+        }
         this.items.push({ name, type: file.type, size: file.size, url });
       } catch (_) {
         errors.push(`${name} could not be read.`);

@@ -483,8 +483,9 @@ async fn upstream_errors_are_shown() {
     browser.close_with(gateway).await;
 }
 
-/// The gateway restarts under the page: the answer in flight is marked
-/// interrupted, the page reconnects by itself, and the next message works.
+/// The gateway restarts under the page: the answer in flight ends with the
+/// gateway's shutdown error (`upstream_unavailable`, with Retry), the page
+/// reconnects by itself, and the next message works.
 #[actix_web::test]
 async fn page_reconnects_after_gateway_restart() {
     let story = long_stalled_answer(|i| format!("w{i} "));
@@ -498,7 +499,17 @@ async fn page_reconnects_after_gateway_restart() {
         .await;
 
     gateway.stop(false).await;
-    browser.wait_state("interrupted", WAIT).await;
+    browser.wait_state("error", WAIT).await;
+    let shown = browser.shown_error().await;
+    assert!(
+        has_text(&shown["text"], "upstream_unavailable"),
+        "the shutdown error is shown: {shown}"
+    );
+    assert_eq!(shown["retry"], true, "and offers Retry: {shown}");
+    assert!(
+        browser.answer_text().await.starts_with("w0 w1 w2"),
+        "the text received is kept"
+    );
     browser
         .wait_js(
             "the status indicator to leave connected",
@@ -509,7 +520,7 @@ async fn page_reconnects_after_gateway_restart() {
     assert_eq!(
         browser.send_button().await,
         "Send",
-        "an interrupted turn gives the composer back"
+        "the ended turn gives the composer back"
     );
     assert!(
         fake.wait_client_disconnect(WAIT).await,
@@ -544,12 +555,12 @@ async fn page_reconnects_after_gateway_restart() {
     browser.wait_connected().await;
     browser.send_message("Are you there?").await;
     browser.expect_answer("Welcome back!").await;
-    let interrupted = browser
+    let cut = browser
         .eval(
-            "document.querySelectorAll('#messages li.turn.assistant[data-state=\"interrupted\"]').length",
+            "document.querySelectorAll('#messages li.turn.assistant[data-state=\"error\"]').length",
         )
         .await;
-    assert_eq!(interrupted, 1, "the cut turn stays marked as interrupted");
+    assert_eq!(cut, 1, "the cut turn stays marked");
 
     browser.close_with(gateway).await;
 }

@@ -17,7 +17,8 @@
 //! - `client`: the protocol client module's resume logic against a scripted
 //!   socket in the page;
 //! - `a11y`: axe-core at three viewports in each state, a keyboard-only chat;
-//! - `persistence`: the conversation across a reload, New chat, image attach.
+//! - `persistence`: the conversation across a reload, New chat, image attach;
+//! - `resume`: an answer across a cut connection (a TCP relay) and a reload.
 //!
 //! axe-core comes from `tests/js/node_modules` (`npm ci` in
 //! `scripts/install-browser.sh`); `NETFLY_TEST_AXE` points at another
@@ -31,6 +32,7 @@ mod chat;
 mod client;
 mod markdown;
 mod persistence;
+mod resume;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -268,6 +270,18 @@ impl Browser {
             .filter(|e| e["level"] == "SEVERE")
             .map(|e| e["message"].as_str().unwrap_or_default().to_string())
             .collect()
+    }
+
+    /// Like [`Browser::expect_no_console_errors`], but failed WebSocket
+    /// connection attempts (expected while a connection is cut) are allowed.
+    async fn expect_no_console_errors_but_reconnects(&self) {
+        let errors: Vec<String> = self
+            .console_errors()
+            .await
+            .into_iter()
+            .filter(|e| !e.contains("WebSocket connection to"))
+            .collect();
+        assert!(errors.is_empty(), "console errors: {errors:#?}");
     }
 
     /// Asserts the console logged no error since the last check; `when`
@@ -844,3 +858,68 @@ fn stream_text_then_stall(text: &str, size: usize, gap: Duration) -> Reply {
         .collect();
     Reply::sse(crate::support::fake::with_gaps(events, gap)).with_end(End::Stall)
 }
+
+/// A TCP relay on `127.0.0.1:0` in front of the gateway: the browser talks
+/// through it, and [`Relay::sever`] cuts every connection it carries (as a
+/// network switch or a sleeping laptop does) while new ones still pass.
+struct Relay {
+    addr: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let addr = listener.local_addr().expect("relay address");
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut list) = held.lock() {
+                    list.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                    list.push(task);
+                }
+            }
+        });
+        Relay {
+            addr,
+            conns,
+            accept,
+        }
+    }
+
+    /// Cuts every connection open now (their sockets are dropped).
+    fn sever(&self) -> usize {
+        let tasks: Vec<_> = self
+            .conns
+            .lock()
+            .map(|mut l| l.drain(..).collect())
+            .unwrap_or_default();
+        let live = tasks.iter().filter(|t| !t.is_finished()).count();
+        for t in tasks {
+            t.abort();
+        }
+        live
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.sever();
+    }
+}
+
+/// Records, in the page, every status announcement (`window.__announced`).
+const RECORD_ANNOUNCEMENTS: &str =
+    "(() => { window.__announced = []; const a = document.getElementById('announcer'); \
+    new MutationObserver(() => { if (a.textContent) window.__announced.push(a.textContent); }) \
+    .observe(a, { childList: true, characterData: true, subtree: true }); return true; })()";

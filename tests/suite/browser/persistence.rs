@@ -1,8 +1,7 @@
 //! The conversation in the browser's storage (a reload brings it back, New
-//! chat forgets it), and image attach (picker, paste, drop; type, size and
-//! frame limits). Resuming an answer across a reload and sending images
-//! upstream need the gateway's phase-2 support (session/seq/resume, content
-//! parts): their browser tests come with it.
+//! chat forgets it, a second tab has its own), and image attach (picker,
+//! paste, drop; type, size and frame limits). Sending images upstream needs
+//! the gateway's content parts (phase 2): that test comes with them.
 
 use std::time::Duration;
 
@@ -11,8 +10,8 @@ use serde_json::json;
 use super::*;
 use crate::support::Reply;
 
-/// The saved conversation, as the page stored it (null when none).
-const SAVED: &str = "JSON.parse(localStorage.getItem('netfly.conversation.v1'))";
+/// This tab's saved conversation, as the page stored it (null when none).
+const SAVED: &str = "JSON.parse(localStorage.getItem('netfly.conversation.v1.' + sessionStorage.getItem('netfly.conversation-id')))";
 
 /// A finished conversation survives a reload exactly (text, Markdown,
 /// state, settings) and goes on from there; New chat forgets it.
@@ -113,13 +112,14 @@ async fn conversation_survives_a_reload() {
     browser.close_with(gateway).await;
 }
 
-/// A reload mid-answer on a gateway without sessions (today's): the text
-/// received so far comes back, and the turn says it was cut off and offers
-/// Retry (with sessions, phase 2 resumes it instead).
+/// A reload mid-answer when the gateway keeps no resumable chats
+/// (`--resume-window-ms 0`): the text received so far comes back, and the
+/// turn says calmly that it could not be resumed and offers Retry.
 #[actix_web::test]
-async fn reload_mid_answer_without_sessions() {
+async fn reload_mid_answer_without_resume() {
     let script = vec![long_stalled_answer(|i| format!("w{i} "))];
-    let (_turn, fake, gateway, browser) = open_page(script, &[], (1024, 768), "").await;
+    let args = ["--resume-window-ms", "0"];
+    let (_turn, fake, gateway, browser) = open_page(script, &args, (1024, 768), "").await;
     browser.send_message("Tell me a long story").await;
     browser
         .wait_answer_includes("the story to begin", "w5 ")
@@ -135,15 +135,10 @@ async fn reload_mid_answer_without_sessions() {
     let note = browser
         .eval_text(&format!("{LAST}.querySelector('.turn-note').textContent"))
         .await;
-    assert!(
-        note.contains("cut off"),
-        "the turn says it was cut off: {note:?}"
-    );
-    assert_eq!(
-        browser.shown_error().await["retry"],
-        true,
-        "Retry is offered"
-    );
+    assert_eq!(note, "connection lost — this answer could not be resumed");
+    let shown = browser.shown_error().await;
+    assert_eq!(shown["visible"], false, "no error box: {shown}");
+    assert_eq!(shown["retry"], true, "Retry is offered");
     assert_eq!(browser.send_button().await, "Send");
     assert!(
         fake.wait_client_disconnect(WAIT).await,
@@ -248,7 +243,8 @@ async fn images_attach_and_limits() {
         "the focus moves to the next Remove button"
     );
 
-    // Refused: another type, over the per-image limit (1 MiB by default).
+    // Refused: another type, over the per-image limit (hello's
+    // max_image_bytes bounds the data URL: 1 MiB, a 768 KB file).
     browser
         .eval(&format!(
             "(() => {{ const dt = new DataTransfer(); dt.items.add({}); dt.items.add({}); \
@@ -267,7 +263,7 @@ async fn images_attach_and_limits() {
     assert_eq!(
         error,
         "notes.txt: only PNG, JPEG, GIF and WebP images can be attached. \
-         huge.png is too large (1.5 MB); an image can be at most 1 MB.",
+         huge.png is too large (1.5 MB); an image can be at most 768 KB.",
         "a clear error for each refused file"
     );
     assert_eq!(
@@ -278,19 +274,20 @@ async fn images_attach_and_limits() {
         "refused files are not attached"
     );
 
-    // Under the image limit, over the frame limit once base64-encoded.
+    // Each under the image limit, together over the frame limit.
     browser.click("#new-chat").await;
     browser
         .eval(&format!(
-            "(() => {{ const dt = new DataTransfer(); dt.items.add({}); \
+            "(() => {{ const dt = new DataTransfer(); dt.items.add({}); dt.items.add({}); \
              document.body.dispatchEvent(new DragEvent('drop', {{ dataTransfer: dt, bubbles: true, cancelable: true }})); return true; }})()",
-            make_file("big.jpg", "image/jpeg", 900 * 1024)
+            make_file("big1.jpg", "image/jpeg", 600 * 1024),
+            make_file("big2.jpg", "image/jpeg", 600 * 1024)
         ))
         .await;
     browser
         .wait_js(
-            "the big image",
-            "document.querySelectorAll('#attachments img').length === 1",
+            "the big images",
+            "document.querySelectorAll('#attachments img').length === 2",
             WAIT,
         )
         .await;
