@@ -863,16 +863,25 @@ function patchChildren(parent, fresh, from) {
 // The streaming view
 // ---------------------------------------------------------------------------
 
+/** Blocks are kept in groups of this many (see {@link MarkdownView}). */
+const CHUNK = 32;
+
 /**
  * Shows a growing Markdown text in a container element. Call
  * {@link MarkdownView#append} with each new piece and
  * {@link MarkdownView#render} once per animation frame.
+ *
+ * The container holds the blocks in `div.md-chunk` groups of {@link CHUNK}:
+ * the final blocks, then (in the last group) the open block's nodes. A
+ * block becomes final where it stands (it is never moved or re-created),
+ * and the browser's layout of a frame walks a few dozen children, not
+ * every block of a long answer.
  */
 export class MarkdownView {
   /**
    * @param {HTMLElement} container
    * @param {object} [hooks]
-   * @param {(el: Element) => void} [hooks.onCommit] a block was rendered for good
+   * @param {(el: Node) => void} [hooks.onCommit] a block was rendered for good
    */
   constructor(container, hooks = {}) {
     this.container = container;
@@ -881,8 +890,9 @@ export class MarkdownView {
     this.source = "";
     /** Source offset where the open (not yet final) part begins. */
     this.committedChars = 0;
-    /** Container children that are final. */
-    this.committedNodes = 0;
+    /** The last group, and how many final blocks it holds (the open nodes follow them). */
+    this.chunk = null;
+    this.inChunk = 0;
     this.dirty = false;
   }
 
@@ -897,20 +907,52 @@ export class MarkdownView {
   reset(text) {
     this.source = text;
     this.committedChars = 0;
-    this.committedNodes = 0;
+    this.chunk = null;
+    this.inChunk = 0;
     this.container.replaceChildren();
     this.dirty = true;
     this.render();
   }
 
-  /** The nodes that are final (not the open block). */
+  /** The blocks that are final, in order. */
   committed() {
-    return [...this.container.childNodes].slice(0, this.committedNodes);
+    return [...this.container.children].flatMap((c) => (c === this.chunk
+      ? [...c.childNodes].slice(0, this.inChunk)
+      : [...c.childNodes]));
   }
 
   /** The open block's nodes (re-rendered on each update). */
   openNodes() {
-    return [...this.container.childNodes].slice(this.committedNodes);
+    return this.chunk ? [...this.chunk.childNodes].slice(this.inChunk) : [];
+  }
+
+  /** The group the open nodes live in (a new one when the last is full). */
+  openChunk() {
+    if (this.chunk === null || this.inChunk >= CHUNK) {
+      const next = document.createElement("div");
+      next.className = "md-chunk";
+      this.container.appendChild(next);
+      if (this.chunk !== null) {
+        // Only the open nodes move (they are re-rendered anyway); keep a focus inside them.
+        const open = this.openNodes();
+        const focused = document.activeElement;
+        const hadFocus = focused instanceof HTMLElement && open.some((n) => n.contains(focused));
+        next.append(...open);
+        if (hadFocus) focused.focus({ preventScroll: true });
+      }
+      this.chunk = next;
+      this.inChunk = 0;
+    }
+    return this.chunk;
+  }
+
+  /** The first open node becomes final (`fresh` is its final rendering). */
+  commit(fresh) {
+    const chunk = this.openChunk();
+    const old = chunk.childNodes[this.inChunk];
+    const node = old ? patch(old, fresh) : chunk.appendChild(fresh);
+    this.inChunk += 1;
+    this.hooks.onCommit?.(node);
   }
 
   /**
@@ -927,15 +969,7 @@ export class MarkdownView {
       const complete = tail.slice(0, lastNl).split("\n");
       const { blocks } = parseBlocks(complete);
       if (blocks.length >= 2) {
-        const done = blocks.slice(0, -1);
-        const fresh = done.map((b) => renderBlock(b));
-        const kids = this.container.childNodes;
-        fresh.forEach((node, k) => {
-          const old = kids[this.committedNodes + k];
-          const kept = old ? patch(old, node) : this.container.appendChild(node);
-          this.hooks.onCommit?.(kept);
-        });
-        this.committedNodes += fresh.length;
+        for (const b of blocks.slice(0, -1)) this.commit(renderBlock(b));
         // The open part starts at the first line of the last block.
         const startLine = blocks[blocks.length - 1].from;
         let offset = 0;
@@ -945,12 +979,13 @@ export class MarkdownView {
     }
     const { blocks } = parseBlocks(sourceLines(this.source.slice(this.committedChars)));
     const fresh = blocks.map((b) => renderBlock(b));
-    patchChildren(this.container, fresh, this.committedNodes);
     if (final) {
-      for (const node of this.openNodes()) this.hooks.onCommit?.(node);
-      this.committedNodes = this.container.childNodes.length;
+      for (const node of fresh) this.commit(node);
+      const chunk = this.chunk;
+      if (chunk) while (chunk.childNodes.length > this.inChunk) chunk.lastChild.remove();
       this.committedChars = this.source.length;
-      // Nothing is open any more: a later append starts after a line break.
+    } else if (fresh.length > 0 || this.chunk !== null) {
+      patchChildren(this.openChunk(), fresh, this.inChunk);
     }
   }
 }

@@ -5,7 +5,7 @@
 //!   clients and the process helpers;
 //! * `ws/`: the `/ws` front end and the upstream engine behind it, one file
 //!   per concept; `openai_api.rs`: the `/v1` front end; `http_surface.rs`:
-//!   `/healthz`, `/metrics`, the demo upstream; `browser.rs`: the page in
+//!   `/healthz`, `/metrics`, the demo upstream; `browser/`: the page in
 //!   a real browser; `providers.rs` and `proxy.rs`: the provider file and
 //!   the outbound proxy, end to end;
 //! * unit tests of the pure modules: `completion.rs`, `config.rs`,

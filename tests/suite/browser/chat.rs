@@ -105,7 +105,7 @@ async fn page_streams_an_answer_as_exact_text() {
     // paragraph is never rendered again).
     browser
         .eval(&format!(
-            "{LAST}.querySelector('.turn-body > p').dataset.probe = 'kept'"
+            "{LAST}.querySelector('.turn-body p').dataset.probe = 'kept'"
         ))
         .await;
     let shot = browser.screenshot("chat-mid-answer.png").await;
@@ -126,7 +126,7 @@ async fn page_streams_an_answer_as_exact_text() {
     // Rendered as Markdown: each block's text exact, markup as text.
     let blocks = browser
         .eval(&format!(
-            "Array.from({LAST}.querySelector('.turn-body').children).map(c => \
+            "blocks_of({LAST}.querySelector('.turn-body')).map(c => \
              [c.tagName, c.matches('.code-block') ? c.querySelector('pre.code code').textContent : c.textContent])"
         ))
         .await;
@@ -158,7 +158,7 @@ async fn page_streams_an_answer_as_exact_text() {
     assert_eq!(
         browser
             .eval(&format!(
-                "{LAST}.querySelector('.turn-body > p').dataset.probe"
+                "{LAST}.querySelector('.turn-body p').dataset.probe"
             ))
             .await,
         "kept",
@@ -337,6 +337,13 @@ async fn stop_cancels_the_answer() {
         .expect("switch to the second tab");
     browser.goto(&page).await;
     browser.wait_connected().await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#messages li').length")
+            .await,
+        0,
+        "a second tab starts its own conversation"
+    );
     browser.send_message("Hi from tab two").await;
     browser.expect_answer("other tab").await;
     browser

@@ -109,7 +109,9 @@ async fn markdown_answer_is_rendered_safely() {
 
     let body = format!("{LAST}.querySelector('.turn-body')");
     let shape = browser
-        .eval(&format!("Array.from({body}.children).map(c => c.tagName + (c.className ? '.' + c.className : ''))"))
+        .eval(&format!(
+            "blocks_of({body}).map(c => c.tagName + (c.className ? '.' + c.className : ''))"
+        ))
         .await;
     assert_eq!(
         shape,
@@ -209,7 +211,7 @@ async fn markdown_answer_is_rendered_safely() {
     );
     let last = browser
         .eval(&format!(
-            "Array.from({body}.querySelectorAll(':scope > p')).pop().innerHTML"
+            "blocks_of({body}).filter(b => b.tagName === 'P').pop().innerHTML"
         ))
         .await;
     assert_eq!(
@@ -259,6 +261,7 @@ async fn markdown_renderer_unit_checks() {
         .eval_async(&format!(
             "const m = await import('/static/markdown.js'); \
              const cases = {cases}; const wrong = []; \
+             const blocksOf = (el) => Array.from(el.childNodes).flatMap(c => c.classList && c.classList.contains('md-chunk') ? Array.from(c.childNodes) : [c]); \
              for (const [input, html] of cases) {{ const d = document.createElement('div'); d.append(m.renderMarkdown(input)); \
                if (d.innerHTML !== html) wrong.push({{ input, want: html, got: d.innerHTML }}); }} \
              let seed = 7; const rnd = (n) => {{ seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; }}; \
@@ -268,7 +271,9 @@ async fn markdown_renderer_unit_checks() {
                const a = document.createElement('div'); const v = new m.MarkdownView(a); const seen = []; \
                for (let i = 0; i < src.length;) {{ const k = 1 + rnd(9); v.append(src.slice(i, i + k)); i += k; v.render(); \
                  v.committed().forEach((node, j) => {{ if (seen[j] && seen[j] !== node) replaced++; seen[j] = node; }}); }} \
-               v.render(true); const b = document.createElement('div'); b.append(m.renderMarkdown(src)); \
+               v.render(true); const b = document.createElement('div'); const w = new m.MarkdownView(b); w.append(src); w.render(true); \
+               const flat = document.createElement('div'); flat.append(m.renderMarkdown(src)); \
+               if (flat.innerHTML !== blocksOf(a).map(n => n.outerHTML).join('')) differ++; \
                if (a.innerHTML !== b.innerHTML) differ++; }} \
              const hrefs = ['https://a.example/x', 'http://b.example', 'javascript:alert(1)', ' javascript:alert(1)', \
                'java\\nscript:alert(1)', 'JAVASCRIPT:alert(1)', 'data:text/html,x', 'vbscript:x', '/relative', '//evil.example', 'file:///etc/passwd', 'ftp://x.example'] \
@@ -319,7 +324,7 @@ async fn thinking_section_renders_reasoning() {
              document.getElementById('messages').append(turn.node); window.__turn = turn; \
              const look = () => ({ hidden: turn.thinking.hidden, open: turn.thinking.open, \
                label: turn.thinking.querySelector('summary').textContent, \
-               thinking: turn.thinking.querySelector('.thinking-body').innerHTML, \
+               thinking: blocks_of(turn.thinking.querySelector('.thinking-body')).map(n => n.outerHTML).join(''), \
                answer: turn.body.hidden ? null : turn.body.textContent, state: turn.node.dataset.state, seq: turn.seq, \
                above: !!(turn.thinking.compareDocumentPosition(turn.body) & Node.DOCUMENT_POSITION_FOLLOWING) }); \
              const out = []; turn.begin('t1', null, 'm'); out.push(look()); \
@@ -475,16 +480,19 @@ async fn long_markdown_answer_render_cost() {
         .eval("(() => { window.__perfProbe.stop = true; const r = window.__netflyPerf.renderMs.slice(); \
                const q = (a, f) => { const s = a.slice().sort((x, y) => x - y); return s.length ? s[Math.min(s.length - 1, Math.floor(f * s.length))] : 0; }; \
                const sum = (a) => a.reduce((x, y) => x + y, 0); const n = r.length; const quarter = Math.floor(n / 4); \
+               const l = window.__netflyPerf.layoutMs; \
                return { frames: n, median: q(r, 0.5), p95: q(r, 0.95), max: q(r, 1), total: sum(r), \
+                 layoutMedian: q(l, 0.5), layoutFirstQuarterMedian: q(l.slice(0, quarter), 0.5), layoutLastQuarterMedian: q(l.slice(n - quarter), 0.5), \
                  firstQuarterMedian: q(r.slice(0, quarter), 0.5), lastQuarterMedian: q(r.slice(n - quarter), 0.5), \
                  longTasks: window.__perfProbe.longTasks.length, longTaskMs: sum(window.__perfProbe.longTasks), \
                  frameP95: q(window.__perfProbe.frames, 0.95), frameMax: q(window.__perfProbe.frames, 1), \
-                 blocks: document.querySelector('#messages li.turn.assistant:last-child .turn-body').children.length }; })()")
+                 blocks: blocks_of(document.querySelector('#messages li.turn.assistant:last-child .turn-body')).length }; })()")
         .await;
     println!(
         "markdown render cost, {words} words in {} deltas over {:.1} s: {} rendered frames, \
          per frame median {:.2} ms, p95 {:.2} ms, max {:.2} ms, total {:.0} ms \
-         (median first quarter {:.2} ms, last quarter {:.2} ms); long tasks {} ({:.0} ms); \
+         (median first quarter {:.2} ms, last quarter {:.2} ms; of which layout: median {:.2} ms, \
+         first quarter {:.2} ms, last quarter {:.2} ms); long tasks {} ({:.0} ms); \
          animation frame interval p95 {:.1} ms, max {:.1} ms; {} blocks",
         pieces.len(),
         elapsed.as_secs_f64(),
@@ -495,6 +503,9 @@ async fn long_markdown_answer_render_cost() {
         stats["total"].as_f64().unwrap_or(0.0),
         stats["firstQuarterMedian"].as_f64().unwrap_or(0.0),
         stats["lastQuarterMedian"].as_f64().unwrap_or(0.0),
+        stats["layoutMedian"].as_f64().unwrap_or(0.0),
+        stats["layoutFirstQuarterMedian"].as_f64().unwrap_or(0.0),
+        stats["layoutLastQuarterMedian"].as_f64().unwrap_or(0.0),
         stats["longTasks"],
         stats["longTaskMs"].as_f64().unwrap_or(0.0),
         stats["frameP95"].as_f64().unwrap_or(0.0),

@@ -304,10 +304,12 @@ impl Browser {
             .unwrap_or_else(|e| panic!("load {url}: {e}"));
     }
 
-    /// Evaluates a JS expression in the page.
+    /// Evaluates a JS expression in the page (`blocks_of(el)`, the
+    /// Markdown blocks of an answer body, in or out of their chunks, is
+    /// defined for it).
     async fn eval(&self, expr: &str) -> Value {
         self.client
-            .execute(&format!("return ({expr});"), vec![])
+            .execute(&format!("{BLOCKS_OF} return ({expr});"), vec![])
             .await
             .unwrap_or_else(|e| panic!("evaluate `{expr}`: {e}"))
     }
@@ -465,7 +467,7 @@ impl Browser {
     /// the result) in the page.
     async fn eval_async(&self, body: &str) -> Value {
         let script = format!(
-            "const done = arguments[arguments.length - 1]; \
+            "const done = arguments[arguments.length - 1]; {BLOCKS_OF} \
              (async () => {{ {body} }})().then(done, (e) => done({{ __error: String(e && e.stack || e) }}));"
         );
         let value = self
@@ -656,6 +658,11 @@ fn axe_source() -> String {
         )
     })
 }
+
+/// `blocks_of(el)`: an answer body's Markdown blocks, in order, whether
+/// final (grouped in `div.md-chunk`) or still open.
+const BLOCKS_OF: &str = "const blocks_of = (el) => Array.from(el.children).flatMap(c => \
+    c.classList.contains('md-chunk') ? Array.from(c.children) : [c]);";
 
 /// A JS expression describing the focused element (see `Browser::focused`).
 const FOCUSED: &str = "(() => { const a = document.activeElement; \
