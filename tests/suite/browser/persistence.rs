@@ -1,7 +1,7 @@
 //! The conversation in the browser's storage (a reload brings it back, New
-//! chat forgets it, a second tab has its own), and image attach (picker,
-//! paste, drop; type, size and frame limits). Sending images upstream needs
-//! the gateway's content parts (phase 2): that test comes with them.
+//! chat forgets it, a second tab has its own), and images: attached by
+//! picker, paste and drop, refused by type, size and frame limits, sent as
+//! content parts, kept across a reload.
 
 use std::time::Duration;
 
@@ -316,5 +316,88 @@ async fn images_attach_and_limits() {
     assert_eq!(fake.requests().len(), 0, "nothing reached the upstream");
     let _ = std::fs::remove_dir_all(&dir);
     browser.expect_no_console_errors("after attaching").await;
+    browser.close_with(gateway).await;
+}
+
+/// The 1×1 PNG of [`make_file`] (size 0), as its data URL.
+const DOT_PNG_URL: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+
+/// An attached image goes up as an `image_url` content part (its data URL)
+/// next to the text part, shows as a thumbnail in the transcript, survives
+/// a reload, and is sent again with the history of the next turn.
+#[actix_web::test]
+async fn image_goes_up_as_a_content_part() {
+    let script = vec![
+        Reply::sse_words(&["A", " dot", "."]),
+        Reply::sse_words(&["Still", " a", " dot", "."]),
+    ];
+    let (_turn, fake, gateway, browser) = open_page(script, &[], (1024, 768), "").await;
+    browser
+        .eval(&format!(
+            "(() => {{ const dt = new DataTransfer(); dt.items.add({}); \
+             document.body.dispatchEvent(new DragEvent('drop', {{ dataTransfer: dt, bubbles: true, cancelable: true }})); return true; }})()",
+            make_file("dot.png", "image/png", 0)
+        ))
+        .await;
+    browser
+        .wait_js(
+            "the thumbnail",
+            "document.querySelectorAll('#attachments img').length === 1",
+            WAIT,
+        )
+        .await;
+    browser.send_message("What is in it?").await;
+    browser.expect_answer("A dot.").await;
+    let question = json!({
+        "role": "user",
+        "content": [
+            { "type": "text", "text": "What is in it?" },
+            { "type": "image_url", "image_url": { "url": DOT_PNG_URL } },
+        ]
+    });
+    assert_eq!(
+        fake.request(0).json()["messages"],
+        json!([question]),
+        "the image goes up as a content part, its data URL exactly"
+    );
+    let shown = browser
+        .eval("Array.from(document.querySelectorAll('#messages li.turn.user img.thumb')).map(i => [i.alt, i.src])")
+        .await;
+    assert_eq!(
+        shown,
+        json!([["Attached image: dot.png", DOT_PNG_URL]]),
+        "a thumbnail in the transcript"
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#attachments img').length")
+            .await,
+        0,
+        "the composer's attachments were taken"
+    );
+
+    browser.client.refresh().await.expect("reload the page");
+    browser.wait_connected().await;
+    assert_eq!(
+        browser
+            .eval("Array.from(document.querySelectorAll('#messages li.turn.user img.thumb')).map(i => i.src)")
+            .await,
+        json!([DOT_PNG_URL]),
+        "the image is back after a reload"
+    );
+    browser.send_message("And now?").await;
+    browser.expect_answer("Still a dot.").await;
+    assert_eq!(
+        fake.request(1).json()["messages"],
+        json!([
+            question,
+            { "role": "assistant", "content": "A dot." },
+            { "role": "user", "content": "And now?" },
+        ]),
+        "the history carries the image again"
+    );
+    browser
+        .expect_no_console_errors("after sending an image")
+        .await;
     browser.close_with(gateway).await;
 }
