@@ -38,6 +38,8 @@ pub struct Metrics {
     pub chats_detached: IntGauge,
     /// `resume` frames, by result (`ok`, `unavailable`, `bad_request`, `busy`).
     pub resumes_total: IntCounterVec,
+    /// Pieces of model reasoning received from upstreams.
+    pub reasoning_deltas_total: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -104,7 +106,11 @@ impl Metrics {
             Opts::new("netfly_resumes_total", "Resume frames, by result"),
             &["result"],
         )?;
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let reasoning_deltas_total = IntCounter::new(
+            "netfly_reasoning_deltas_total",
+            "Pieces of model reasoning received from upstreams",
+        )?;
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(ws_connections.clone()),
             Box::new(chats_active.clone()),
             Box::new(chats_total.clone()),
@@ -117,6 +123,7 @@ impl Metrics {
             Box::new(ws_slow_consumer_closed_total.clone()),
             Box::new(chats_detached.clone()),
             Box::new(resumes_total.clone()),
+            Box::new(reasoning_deltas_total.clone()),
         ];
         for c in collectors {
             registry.register(c)?;
@@ -135,6 +142,7 @@ impl Metrics {
             ws_slow_consumer_closed_total,
             chats_detached,
             resumes_total,
+            reasoning_deltas_total,
         })
     }
 

@@ -1,15 +1,21 @@
-//! An OpenAI-compatible HTTP face for the same chat machinery as `/ws`:
-//! `POST /v1/chat/completions` (streamed as Server-Sent Events or whole)
-//! and `GET /v1/models`, so the official OpenAI clients can use the gateway.
+//! An OpenAI-compatible HTTP face for the same chat machinery as `/ws`
+//! (PROTOCOL.md §7): `POST /v1/chat/completions` (streamed as Server-Sent
+//! Events or whole) and `GET /v1/models`, so any OpenAI client can use the
+//! gateway.
 //!
-//! A request body is turned into a `chat` frame and validated by
-//! [`protocol::parse_client_frame`] (the very rules of the WebSocket), then
-//! run by this worker's [`Upstream`] actor like any WebSocket chat: retries,
-//! fallback, timeouts and metrics are shared. A tiny [`Collector`] actor is
-//! the chat's `Recipient<ChatEvent>`; it forwards events into a bounded
-//! channel that the HTTP response reads, so a client that does not read
-//! makes the chat's bounded send wait, which pauses the upstream read.
-//! Dropping the response (the client went away) cancels the upstream call.
+//! It is a faithful proxy: netfly checks what it owns (the model, limits,
+//! tokens — [`protocol::parse_api_request`]) and forwards every other
+//! request field unchanged (tools, response formats, logprobs, `n`, tool
+//! messages, content parts, …); streamed chunks reach the client with
+//! everything the upstream put in them, only `model` mapped back to the
+//! client's name (spliced in place, no decode/encode per chunk). The chat
+//! runs on this worker's [`Upstream`] actor like any WebSocket chat:
+//! admission, retries, fallback, timeouts, the commit point and metrics are
+//! shared. A tiny [`Collector`] actor is the chat's recipient; it forwards
+//! events into a bounded channel that the HTTP response reads, so a client
+//! that does not read makes the chat's send wait, which pauses the upstream
+//! read. Dropping the response (the client went away) cancels the upstream
+//! call.
 //!
 //! Errors found before any content answer with an HTTP status and an
 //! OpenAI-style body `{"error":{"message","type","code"}}` (`code` is the
@@ -25,10 +31,10 @@
 //! | `upstream_unavailable` (also: draining) | 503 |
 //! | `upstream_timeout` | 504 |
 //!
-//! The status is chosen when the first content fragment (or the end of the
-//! chat) is known, so a failure the gateway retried away never shows. An
-//! error after streaming began is one `data: {"error":{…}}` event, and the
-//! stream ends without `[DONE]` (the official clients raise it).
+//! The status is chosen when the first chunk that carries anything (or the
+//! end of the chat) is known, so a failure the gateway retried away never
+//! shows. An error after streaming began is one `data: {"error":{…}}` event,
+//! and the stream ends without `[DONE]` (the official clients raise it).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,24 +46,21 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt as _};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::admission::{self, ChatSlot, Client};
 use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
-use crate::protocol::{self, ChatRequest, ClientFrame, FrameRules};
+use crate::protocol;
 use crate::shared::Shared;
-use crate::upstream::{next_chat_key, CancelChat, ChatEvent, ChatSink, StartChat, Upstream};
+use crate::upstream::{
+    next_chat_key, CancelChat, ChatCall, ChatEvent, ChatSink, StartChat, Upstream,
+};
 
 /// Chat events buffered between the chat task and the HTTP body; beyond
 /// this the chat's send waits for the client to read.
 const EVENT_BUFFER: usize = 16;
-
-/// Sampling parameters OpenAI clients send at the top level; they go into
-/// the chat frame's `params` (where the WebSocket rules check them).
-/// Any other unknown field goes there too, and is refused as on `/ws`.
-const ACCEPTED_ELSEWHERE: &[&str] = &["model", "messages", "stream", "stream_options", "n", "user"];
 
 /// What the two routes need.
 struct ApiState {
@@ -160,89 +163,6 @@ async fn models(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
 
 // ---------------------------------------------------------------- request
 
-/// A chat-completions body turned into a validated chat.
-#[derive(Debug)]
-struct Parsed {
-    request: ChatRequest,
-    stream: bool,
-    include_usage: bool,
-}
-
-/// Builds the `chat` frame of an OpenAI request body and validates it with
-/// the WebSocket rules.
-fn parse_request(body: &[u8], id: &str, rules: &FrameRules<'_>) -> Result<Parsed, ChatError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ChatError::BadRequest(format!("body is not valid JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(ChatError::BadRequest("body must be a JSON object".into()));
-    };
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ChatError::BadRequest("\"stream\" must be a boolean".into())),
-    };
-    let include_usage = match obj.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => match o.get("include_usage") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(ChatError::BadRequest(
-                    "\"stream_options.include_usage\" must be a boolean".into(),
-                ))
-            }
-        },
-        Some(_) => {
-            return Err(ChatError::BadRequest(
-                "\"stream_options\" must be an object".into(),
-            ))
-        }
-    };
-    match obj.get("n") {
-        None | Some(Value::Null) => {}
-        Some(n) if n.as_u64() == Some(1) => {}
-        Some(_) => {
-            return Err(ChatError::BadRequest(
-                "only \"n\": 1 is supported (one choice per request)".into(),
-            ))
-        }
-    }
-    // Newer clients name it max_completion_tokens.
-    if let Some(v) = obj.remove("max_completion_tokens") {
-        if !v.is_null() {
-            obj.entry("max_tokens").or_insert(v);
-        }
-    }
-    let mut frame = Map::new();
-    frame.insert("type".into(), Value::from("chat"));
-    frame.insert("id".into(), Value::from(id));
-    if let Some(model) = obj.remove("model") {
-        frame.insert("model".into(), model);
-    }
-    if let Some(messages) = obj.remove("messages") {
-        frame.insert("messages".into(), messages);
-    }
-    let params: Map<String, Value> = obj
-        .into_iter()
-        .filter(|(k, v)| !ACCEPTED_ELSEWHERE.contains(&k.as_str()) && !v.is_null())
-        .collect();
-    if !params.is_empty() {
-        frame.insert("params".into(), Value::Object(params));
-    }
-    let text = Value::Object(frame).to_string();
-    match protocol::parse_client_frame(&text, rules) {
-        Ok(ClientFrame::Chat(request)) => Ok(Parsed {
-            request,
-            stream,
-            include_usage,
-        }),
-        Ok(ClientFrame::Cancel { .. } | ClientFrame::Resume { .. }) => {
-            Err(ChatError::BadRequest("not a chat".into()))
-        }
-        Err(e) => Err(e.error),
-    }
-}
-
 /// Reads the body, refusing one larger than `max` bytes.
 async fn read_body(mut payload: web::Payload, max: usize) -> Result<Bytes, HttpResponse> {
     let mut body = BytesMut::new();
@@ -324,94 +244,59 @@ impl Drop for ChatGuard {
     }
 }
 
-/// The fields every response chunk shares.
-struct Meta {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
-}
-
-impl Meta {
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish_reason }],
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-
-    fn usage_chunk(&self, usage: Option<&Value>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage,
-        })
-    }
-}
-
-fn sse_event(out: &mut BytesMut, data: &Value) {
+fn sse_data(out: &mut BytesMut, data: &str) {
     out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(b"\n\n");
 }
 
 /// An SSE error event (after streaming began).
 fn sse_error(out: &mut BytesMut, err: &ChatError) {
-    sse_event(
-        out,
-        &error_body("server_error", err.code().as_str(), &err.message()),
-    );
+    let body = error_body("server_error", err.code().as_str(), &err.message());
+    sse_data(out, &body.to_string());
 }
 
-/// The streamed response body: one SSE event per chat event.
+/// The streamed response body: each upstream chunk as it came (model mapped
+/// back), `[DONE]` at the end, or an error event.
 struct SseBody {
     rx: mpsc::Receiver<ChatEvent>,
     guard: ChatGuard,
-    meta: Meta,
     first: Option<Bytes>,
     finished: bool,
 }
 
 impl SseBody {
-    /// The bytes for one event, and whether it ended the stream.
-    fn render(&mut self, kind: EventKind) -> (Option<Bytes>, bool) {
-        let mut out = BytesMut::new();
+    /// Appends the bytes for one event to `out`; returns whether it ended
+    /// the stream.
+    fn render(&mut self, kind: EventKind, out: &mut BytesMut) -> bool {
         match kind {
-            EventKind::Start { .. } | EventKind::Retry { .. } | EventKind::Reasoning { .. } => {
-                (None, false)
-            }
-            EventKind::Delta { text, read_at } => {
-                sse_event(&mut out, &self.meta.chunk(json!({ "content": text }), None));
-                self.guard.delta(read_at);
-                (Some(out.freeze()), false)
-            }
-            EventKind::Done {
-                finish_reason,
-                usage,
+            EventKind::Chunk {
+                data,
+                content,
+                read_at,
             } => {
-                sse_event(&mut out, &self.meta.chunk(json!({}), Some(&finish_reason)));
-                if self.meta.include_usage {
-                    sse_event(&mut out, &self.meta.usage_chunk(usage.as_ref()));
+                sse_data(out, &data);
+                if content.is_some() {
+                    self.guard.delta(read_at);
                 }
+                false
+            }
+            EventKind::Done { .. } => {
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 self.guard.end(Outcome::Done);
-                (Some(out.freeze()), true)
+                true
             }
             EventKind::Failed(err) => {
-                sse_error(&mut out, &err);
+                sse_error(out, &err);
                 self.guard.end(Outcome::Failed(err.code()));
-                (Some(out.freeze()), true)
+                true
             }
+            // Not sent for a streamed `/v1` chat (or not shown to its client).
+            EventKind::Start { .. }
+            | EventKind::Retry { .. }
+            | EventKind::Reasoning { .. }
+            | EventKind::Delta { .. }
+            | EventKind::Whole { .. } => false,
         }
     }
 }
@@ -423,28 +308,29 @@ impl Stream for SseBody {
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Ok(first)));
         }
-        loop {
-            if self.finished {
-                return Poll::Ready(None);
-            }
+        let mut out = BytesMut::new();
+        // Everything already waiting goes out as one write.
+        while !self.finished {
             let event = match self.rx.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => break,
                 Poll::Ready(Some(ev)) => ev,
                 Poll::Ready(None) => {
                     // The chat ended without a terminal event: say so.
                     let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
                     self.finished = true;
                     self.guard.end(Outcome::Failed(err.code()));
-                    let mut out = BytesMut::new();
                     sse_error(&mut out, &err);
-                    return Poll::Ready(Some(Ok(out.freeze())));
+                    break;
                 }
             };
-            let (bytes, last) = self.render(event.kind);
-            self.finished = last;
-            if let Some(bytes) = bytes {
-                return Poll::Ready(Some(Ok(bytes)));
-            }
+            self.finished = self.render(event.kind, &mut out);
+        }
+        if !out.is_empty() {
+            Poll::Ready(Some(Ok(out.freeze())))
+        } else if self.finished {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -474,13 +360,8 @@ async fn chat_completions(
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let id = format!(
-        "chatcmpl-{:016x}{:08x}",
-        fastrand::u64(..),
-        fastrand::u32(..)
-    );
-    let parsed = match parse_request(&body, &id, &shared.config.frame_rules()) {
-        Ok(p) => p,
+    let request = match protocol::parse_api_request(&body, &shared.config.frame_rules()) {
+        Ok(r) => r,
         Err(err) => {
             shared.metrics.chat_ended(Outcome::Failed(err.code()));
             return chat_error_response(&err);
@@ -493,12 +374,11 @@ async fn chat_completions(
         Ok(slot) => slot,
         Err(err) => return chat_error_response(&err),
     };
-    let meta = Meta {
-        id,
-        model: parsed.request.model.clone(),
-        created: now_secs(),
-        include_usage: parsed.include_usage,
-    };
+    let id = format!(
+        "chatcmpl-{:016x}{:08x}",
+        fastrand::u64(..),
+        fastrand::u32(..)
+    );
     let key = next_chat_key();
     let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
     let collector = Collector { tx }.start();
@@ -508,55 +388,52 @@ async fn chat_completions(
         slot,
         ended: false,
     };
+    let stream = request.stream;
+    let model = request.model.clone();
     state.upstream.do_send(StartChat {
         key,
-        request: parsed.request,
+        call: ChatCall::Api {
+            id: id.clone(),
+            request,
+        },
         sink: ChatSink::Events {
             key,
             to: collector.recipient(),
         },
     });
 
-    if !parsed.stream {
-        return whole(&mut rx, &mut guard, &meta).await;
+    if !stream {
+        return whole(&mut rx, &mut guard, &id, &model).await;
     }
 
-    // Hold the status until the first fragment (or the end): a failure the
+    // Hold the status until the first chunk (or the end): a failure the
     // gateway retried away never shows, and one it could not gets its status.
-    let first = loop {
-        let Some(event) = rx.recv().await else {
-            let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
-            guard.end(Outcome::Failed(err.code()));
-            return chat_error_response(&err);
-        };
-        match event.kind {
-            EventKind::Start { .. } | EventKind::Retry { .. } => continue,
-            EventKind::Failed(err) => {
-                guard.end(Outcome::Failed(err.code()));
-                return chat_error_response(&err);
-            }
-            other => break other,
-        }
-    };
     let mut body = SseBody {
         rx,
         guard,
-        meta,
         first: None,
         finished: false,
     };
     let mut head = BytesMut::new();
-    sse_event(
-        &mut head,
-        &body
-            .meta
-            .chunk(json!({ "role": "assistant", "content": "" }), None),
-    );
-    let (rest, last) = body.render(first);
-    if let Some(rest) = rest {
-        head.extend_from_slice(&rest);
+    loop {
+        let Some(event) = body.rx.recv().await else {
+            let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
+            body.guard.end(Outcome::Failed(err.code()));
+            return chat_error_response(&err);
+        };
+        match event.kind {
+            EventKind::Failed(err) => {
+                body.guard.end(Outcome::Failed(err.code()));
+                return chat_error_response(&err);
+            }
+            kind => {
+                body.finished = body.render(kind, &mut head);
+                if !head.is_empty() {
+                    break;
+                }
+            }
+        }
     }
-    body.finished = last;
     body.first = Some(head.freeze());
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -566,13 +443,16 @@ async fn chat_completions(
         .streaming(body)
 }
 
-/// A non-streamed answer: the whole text in one `chat.completion`.
+/// A non-streamed answer: the upstream's completion, `model` mapped back —
+/// or, when the upstream streamed anyway, one assembled from its chunks.
 async fn whole(
     rx: &mut mpsc::Receiver<ChatEvent>,
     guard: &mut ChatGuard,
-    meta: &Meta,
+    id: &str,
+    model: &str,
 ) -> HttpResponse {
     let mut text = String::new();
+    let mut completion: Option<String> = None;
     loop {
         let Some(event) = rx.recv().await else {
             let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
@@ -580,10 +460,14 @@ async fn whole(
             return chat_error_response(&err);
         };
         match event.kind {
-            EventKind::Start { .. } | EventKind::Retry { .. } | EventKind::Reasoning { .. } => {}
-            EventKind::Delta { text: t, read_at } => {
-                guard.delta(read_at);
-                text.push_str(&t);
+            EventKind::Whole { body } => completion = Some(body),
+            EventKind::Chunk {
+                content, read_at, ..
+            } => {
+                if let Some(c) = content {
+                    guard.delta(read_at);
+                    text.push_str(&c);
+                }
             }
             EventKind::Failed(err) => {
                 guard.end(Outcome::Failed(err.code()));
@@ -594,71 +478,29 @@ async fn whole(
                 usage,
             } => {
                 guard.end(Outcome::Done);
-                return HttpResponse::Ok().json(json!({
-                    "id": meta.id,
-                    "object": "chat.completion",
-                    "created": meta.created,
-                    "model": meta.model,
-                    "choices": [{
-                        "index": 0,
-                        "message": { "role": "assistant", "content": text },
-                        "finish_reason": finish_reason,
-                    }],
-                    "usage": usage,
-                }));
+                let body = completion.unwrap_or_else(|| {
+                    json!({
+                        "id": id,
+                        "object": "chat.completion",
+                        "created": now_secs(),
+                        "model": model,
+                        "choices": [{
+                            "index": 0,
+                            "message": { "role": "assistant", "content": text },
+                            "finish_reason": finish_reason,
+                        }],
+                        "usage": usage,
+                    })
+                    .to_string()
+                });
+                return HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(body);
             }
+            EventKind::Start { .. }
+            | EventKind::Retry { .. }
+            | EventKind::Reasoning { .. }
+            | EventKind::Delta { .. } => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::ErrorCode;
-
-    fn rules(models: &[String]) -> FrameRules<'_> {
-        FrameRules {
-            models,
-            max_image_bytes: 1 << 20,
-        }
-    }
-
-    fn models() -> Vec<String> {
-        vec!["gpt-3.5-turbo".into(), "gpt-4".into()]
-    }
-
-    #[test]
-    fn maps_top_level_params_into_the_chat_frame() {
-        let body = br#"{"model":"gpt-4","messages":[{"role":"user","content":"hi"}],
-            "stream":true,"stream_options":{"include_usage":true},"temperature":0.5,
-            "max_completion_tokens":7,"n":1,"user":"u1"}"#;
-        let p = parse_request(body, "x1", &rules(&models())).unwrap();
-        assert!(p.stream && p.include_usage);
-        assert_eq!(p.request.model, "gpt-4");
-        assert_eq!(p.request.params.temperature, Some(0.5));
-        assert_eq!(p.request.params.max_tokens, Some(7));
-    }
-
-    #[test]
-    fn refuses_what_the_websocket_refuses() {
-        let bad = |b: &str| parse_request(b.as_bytes(), "x1", &rules(&models())).unwrap_err();
-        assert_eq!(bad("nope").code(), ErrorCode::BadRequest);
-        assert_eq!(bad(r#"{"messages":[]}"#).code(), ErrorCode::BadRequest);
-        assert_eq!(
-            bad(r#"{"model":"gpt-9","messages":[{"role":"user","content":"a"}]}"#).code(),
-            ErrorCode::UnknownModel
-        );
-        assert_eq!(
-            bad(r#"{"messages":[{"role":"user","content":"a"}],"temperature":3}"#).code(),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            bad(r#"{"messages":[{"role":"user","content":"a"}],"logit_bias":{}}"#).code(),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            bad(r#"{"messages":[{"role":"user","content":"a"}],"n":2}"#).code(),
-            ErrorCode::BadRequest
-        );
     }
 }

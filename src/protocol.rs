@@ -432,6 +432,145 @@ pub fn parse_client_frame(text: &str, rules: &FrameRules<'_>) -> Result<ClientFr
     }))
 }
 
+// ---------------------------------------------------------------- /v1 (PROTOCOL.md §7)
+
+/// Roles a `/v1` message may have (the OpenAI set).
+const API_ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// A validated `/v1/chat/completions` body: what netfly owns is checked
+/// (model, message count, image sizes, the ranges of the sampling params
+/// `/ws` also checks), everything else is forwarded as the client sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRequest {
+    /// Resolved: the client's choice, or the default model.
+    pub model: String,
+    pub stream: bool,
+    /// The body as sent (its `model` is replaced per upstream).
+    pub fields: serde_json::Map<String, Value>,
+}
+
+/// Parses and checks a `/v1/chat/completions` body against `rules`.
+pub fn parse_api_request(body: &[u8], rules: &FrameRules<'_>) -> Result<ApiRequest, ChatError> {
+    let bad = |m: String| ChatError::BadRequest(m);
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("body is not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(bad("body must be a JSON object".into()));
+    };
+    let stream = match fields.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(bad("\"stream\" must be a boolean".into())),
+    };
+    match fields.get("stream_options") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => return Err(bad("\"stream_options\" must be an object".into())),
+    }
+    let model = match fields.get("model") {
+        None | Some(Value::Null) => rules.models.first().cloned().unwrap_or_default(),
+        Some(Value::String(m)) if rules.models.contains(m) => m.clone(),
+        Some(Value::String(m)) => {
+            return Err(ChatError::UnknownModel {
+                model: m.clone(),
+                available: rules.models.to_vec(),
+            })
+        }
+        Some(_) => return Err(bad("\"model\" must be a string".into())),
+    };
+    let messages = match fields.get("messages") {
+        Some(Value::Array(m)) if (1..=MAX_MESSAGES).contains(&m.len()) => m,
+        Some(Value::Array(m)) => {
+            return Err(bad(format!(
+                "\"messages\" must hold 1–{MAX_MESSAGES} messages, got {}",
+                m.len()
+            )))
+        }
+        Some(_) => return Err(bad("\"messages\" must be an array".into())),
+        None => return Err(bad("body has no \"messages\"".into())),
+    };
+    for (i, m) in messages.iter().enumerate() {
+        check_api_message(i, m, rules).map_err(bad)?;
+    }
+    // The sampling params `/ws` checks are checked here too, when present
+    // (the upstream would refuse them anyway; a 400 now is clearer).
+    let known: serde_json::Map<String, Value> = fields
+        .iter()
+        .filter(|(k, v)| {
+            !v.is_null()
+                && matches!(
+                    k.as_str(),
+                    "temperature"
+                        | "top_p"
+                        | "presence_penalty"
+                        | "frequency_penalty"
+                        | "max_tokens"
+                        | "stop"
+                        | "seed"
+                )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let params: Params = serde_path_to_error::deserialize(Value::Object(known))
+        .map_err(|e| bad(format!("invalid parameter: {e}")))?;
+    params
+        .validate()
+        .map_err(|e| bad(e.replace("params.", "")))?;
+    if let Some(v) = fields.get("max_completion_tokens").filter(|v| !v.is_null()) {
+        if !v.as_u64().is_some_and(|n| n > 0) {
+            return Err(bad(
+                "max_completion_tokens must be a positive integer".into()
+            ));
+        }
+    }
+    Ok(ApiRequest {
+        model,
+        stream,
+        fields,
+    })
+}
+
+/// Checks one `/v1` message: an object with a known role, and images in
+/// its content parts within their limit.
+fn check_api_message(i: usize, m: &Value, rules: &FrameRules<'_>) -> Result<(), String> {
+    let Value::Object(m) = m else {
+        return Err(format!("messages[{i}] must be an object"));
+    };
+    match m.get("role") {
+        Some(Value::String(r)) if API_ROLES.contains(&r.as_str()) => {}
+        Some(r) => {
+            return Err(format!(
+                "messages[{i}].role must be one of {}, got {r}",
+                API_ROLES.join(", ")
+            ))
+        }
+        None => return Err(format!("messages[{i}] has no role")),
+    }
+    let Some(Value::Array(parts)) = m.get("content") else {
+        return Ok(());
+    };
+    for (j, part) in parts.iter().enumerate() {
+        let url = part
+            .get("image_url")
+            .and_then(|u| u.get("url").or(Some(u)))
+            .and_then(Value::as_str);
+        if part.get("type").and_then(Value::as_str) == Some("image_url") {
+            let url = url.ok_or_else(|| {
+                format!("messages[{i}].content[{j}].image_url.url must be a string")
+            })?;
+            check_image_url(url, rules.max_image_bytes)
+                .map_err(|why| format!("messages[{i}].content[{j}].image_url.url {why}"))?;
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- gateway → client
 
 /// Every frame the gateway sends a browser. The frames of an accepted chat

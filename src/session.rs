@@ -30,7 +30,7 @@ use crate::chats::{AttachError, ChatLog, LogReady, ReaderId, SessionId};
 use crate::error::{Busy, ChatError, Outcome};
 use crate::protocol::{self, ChatRequest, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
-use crate::upstream::{next_chat_key, CancelChat, ChatSink, StartChat, Upstream};
+use crate::upstream::{next_chat_key, CancelChat, ChatCall, ChatSink, StartChat, Upstream};
 
 /// Unsent output under which more frames are pulled from the chats' logs.
 const LOW_WATER: u64 = 1024 * 1024;
@@ -270,7 +270,7 @@ impl Session {
         });
         self.upstream.do_send(StartChat {
             key,
-            request,
+            call: ChatCall::Frame(request),
             sink: ChatSink::Log(log),
         });
     }

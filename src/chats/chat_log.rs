@@ -235,7 +235,8 @@ impl ChatLog {
         }
     }
 
-    /// Serialises `event` as the next frame and appends it.
+    /// Serialises `event` as the next frame and appends it (a `/v1`-only
+    /// event is not a frame and is ignored).
     fn push(&self, inner: &mut Inner, event: &EventKind) {
         let seq = inner.next_seq;
         let id = self.id.as_str();
@@ -302,6 +303,7 @@ impl ChatLog {
                 },
                 EntryKind::Terminal,
             ),
+            EventKind::Chunk { .. } | EventKind::Whole { .. } => return,
         };
         let text = ByteString::from(frame.to_json());
         let len = text.len();

@@ -47,6 +47,15 @@ pub enum EventKind {
     },
     /// The chat failed.
     Failed(ChatError),
+    /// `/v1` only: one upstream chunk as the client gets it (its `model`
+    /// mapped back), with its content (if any) for metrics.
+    Chunk {
+        data: String,
+        content: Option<String>,
+        read_at: Instant,
+    },
+    /// `/v1` only: a whole (non-streamed) completion, `model` mapped back.
+    Whole { body: String },
 }
 
 impl EventKind {

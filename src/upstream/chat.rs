@@ -16,10 +16,10 @@ use super::completion::{self, Decoded, WholeBody};
 use super::retry::{self, AttemptError, Verdict};
 use super::sse;
 use super::target::Target;
-use super::ChatSink;
+use super::{ChatCall, ChatSink};
 use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
-use crate::protocol::{ChatRequest, StreamOptions, UpstreamMessages, UpstreamRequest};
+use crate::protocol::{StreamOptions, UpstreamMessages, UpstreamRequest};
 use crate::shared::Shared;
 
 /// Largest error body read from a failed upstream answer.
@@ -70,7 +70,7 @@ pub(super) struct ChatTask {
     pub(super) shared: Arc<Shared>,
     pub(super) clients: Rc<[awc::Client]>,
     pub(super) sink: ChatSink,
-    pub(super) request: ChatRequest,
+    pub(super) call: ChatCall,
 }
 
 /// Logs the chat's outcome once, however the task ends (even when aborted).
@@ -116,19 +116,20 @@ impl ChatTask {
     }
 
     pub(super) async fn run(self) {
-        if self.shared.config.fault_injection
-            && self
-                .request
-                .messages
-                .iter()
-                .any(|m| m.content.text().contains("netfly-fault:panic-chat"))
-        {
-            panic!("fault injection: chat task panic");
+        if self.shared.config.fault_injection {
+            if let ChatCall::Frame(r) = &self.call {
+                if r.messages
+                    .iter()
+                    .any(|m| m.content.text().contains("netfly-fault:panic-chat"))
+                {
+                    panic!("fault injection: chat task panic");
+                }
+            }
         }
         let mut log = OutcomeLine {
             sink: self.sink.clone(),
-            id: self.request.id.clone(),
-            model: self.request.model.clone(),
+            id: self.call.id().to_owned(),
+            model: self.call.model().to_owned(),
             began: Instant::now(),
             progress: Progress {
                 started: false,
@@ -170,7 +171,7 @@ impl ChatTask {
     async fn attempts(&self, p: &mut Progress) -> Option<Terminal> {
         let targets = &self.shared.targets;
         let mut last: Option<AttemptError> = None;
-        for &ti in targets.route(&self.request.model) {
+        for &ti in targets.route(self.call.model()) {
             let target = targets.get(ti);
             let client = &self.clients[ti];
             p.host.clone_from(&target.host);
@@ -236,7 +237,7 @@ impl ChatTask {
                     AttemptEnd::Failed(err) => {
                         log::debug!(
                             "chat {:?} attempt {} on {} failed: {}",
-                            self.request.id,
+                            self.call.id(),
                             p.attempts,
                             target.host,
                             err.reason()
@@ -250,33 +251,59 @@ impl ChatTask {
             }
         }
         let err = last.unwrap_or_else(|| {
-            AttemptError::Connect(format!("no upstream serves model {:?}", self.request.model))
+            AttemptError::Connect(format!("no upstream serves model {:?}", self.call.model()))
         });
         Some(Terminal::Failed(retry::exhausted(&err, p.attempts)))
     }
 
     /// The request body for `target`: its model name, the client's params
-    /// over the target's defaults.
+    /// over the target's defaults; a `/v1` body as the client sent it
+    /// otherwise.
     fn body_for(&self, target: &Target) -> Result<Bytes, ChatError> {
+        let client_model = self.call.model();
         let model = target
             .models
-            .upstream_model(&self.request.model)
-            .unwrap_or(&self.request.model);
-        let params = self.request.params.merged_over(&target.defaults);
-        serde_json::to_vec(&UpstreamRequest {
-            model,
-            messages: UpstreamMessages {
-                messages: &self.request.messages,
-                developer_as_system: target.developer_as_system,
-            },
-            stream: true,
-            stream_options: target.include_usage.then_some(StreamOptions {
-                include_usage: true,
-            }),
-            params: &params,
-        })
-        .map(Bytes::from)
-        .map_err(|e| ChatError::BadRequest(format!("request could not be encoded: {e}")))
+            .upstream_model(client_model)
+            .unwrap_or(client_model);
+        let encoded = match &self.call {
+            ChatCall::Frame(request) => {
+                let params = request.params.merged_over(&target.defaults);
+                serde_json::to_vec(&UpstreamRequest {
+                    model,
+                    messages: UpstreamMessages {
+                        messages: &request.messages,
+                        developer_as_system: target.developer_as_system,
+                    },
+                    stream: true,
+                    stream_options: target.include_usage.then_some(StreamOptions {
+                        include_usage: true,
+                    }),
+                    params: &params,
+                })
+            }
+            ChatCall::Api { request, .. } => {
+                let mut fields = request.fields.clone();
+                fields.insert("model".into(), Value::from(model));
+                if let Ok(Value::Object(defaults)) = serde_json::to_value(&target.defaults) {
+                    for (k, v) in defaults {
+                        fields.entry(k).or_insert(v);
+                    }
+                }
+                if target.developer_as_system {
+                    if let Some(Value::Array(messages)) = fields.get_mut("messages") {
+                        for m in messages {
+                            if m.get("role").and_then(Value::as_str) == Some("developer") {
+                                m["role"] = Value::from("system");
+                            }
+                        }
+                    }
+                }
+                serde_json::to_vec(&fields)
+            }
+        };
+        encoded
+            .map(Bytes::from)
+            .map_err(|e| ChatError::BadRequest(format!("request could not be encoded: {e}")))
     }
 
     /// One POST to `target` and, on 2xx, the whole stream.
@@ -348,6 +375,9 @@ impl ChatTask {
         let mut usage: Option<Value> = None;
         let mut saw_chunk = false;
         let mut batch: Vec<EventKind> = Vec::new();
+        let passthrough = self.call.passthrough();
+        // `/v1` chunks before the first that carries anything.
+        let mut held: Vec<EventKind> = Vec::new();
         loop {
             let bytes = match tokio::time::timeout(idle, resp.next()).await {
                 Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
@@ -381,6 +411,7 @@ impl ChatTask {
                 match completion::decode_event(&ev) {
                     Ok(Decoded::Heartbeat) => {}
                     Ok(Decoded::Done) => {
+                        batch.append(&mut held);
                         if !self.sink.emit(&mut batch).await {
                             return AttemptEnd::ClientGone;
                         }
@@ -394,8 +425,11 @@ impl ChatTask {
                     }
                     Ok(Decoded::Chunk {
                         content,
+                        reasoning,
+                        payload,
                         finish_reason: fr,
                         usage: u,
+                        model,
                     }) => {
                         saw_chunk = true;
                         if fr.is_some() {
@@ -404,10 +438,32 @@ impl ChatTask {
                         if u.is_some() {
                             usage = u;
                         }
+                        p.deltas += u64::from(content.is_some());
+                        if passthrough {
+                            // The chunk as the client gets it; held until one
+                            // carries something (the commit point), so that a
+                            // failed attempt shows nothing.
+                            let data = model.replace(ev.data.trim(), self.call.model());
+                            held.push(EventKind::Chunk {
+                                data,
+                                content,
+                                read_at,
+                            });
+                            if payload {
+                                p.committed = true;
+                                batch.append(&mut held);
+                            }
+                            continue;
+                        }
+                        let metrics = &self.shared.metrics;
+                        for text in reasoning {
+                            p.committed = true;
+                            metrics.reasoning_deltas_total.inc();
+                            batch.push(EventKind::Reasoning { text, read_at });
+                        }
                         if let Some(text) = content {
                             p.committed = true;
                             batch.push(EventKind::Delta { text, read_at });
-                            p.deltas += 1;
                         }
                     }
                     Err(e) => {
@@ -430,6 +486,9 @@ impl ChatTask {
         // An unterminated last event is dropped, as browsers do.
         parser.finish();
         if saw_chunk {
+            if !held.is_empty() && !self.sink.emit(&mut held).await {
+                return AttemptEnd::ClientGone;
+            }
             AttemptEnd::Finished {
                 finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
                 usage,
@@ -467,6 +526,28 @@ impl ChatTask {
                     if !self.emit(start).await {
                         return AttemptEnd::ClientGone;
                     }
+                }
+                if self.call.passthrough() {
+                    // The completion as the client gets it, `model` mapped
+                    // back (once per chat: a re-encode is fine here).
+                    let body = match serde_json::from_slice::<Value>(&body) {
+                        Ok(Value::Object(mut map)) => {
+                            if map.contains_key("model") {
+                                map.insert("model".into(), Value::from(self.call.model()));
+                            }
+                            Value::Object(map).to_string()
+                        }
+                        _ => String::from_utf8_lossy(&body).into_owned(),
+                    };
+                    p.committed = true;
+                    if !self.emit(EventKind::Whole { body }).await {
+                        return AttemptEnd::ClientGone;
+                    }
+                    return AttemptEnd::Finished {
+                        finish_reason: finish_reason.unwrap_or_else(|| "stop".into()),
+                        usage,
+                        rest: None,
+                    };
                 }
                 if !content.is_empty() {
                     p.committed = true;

@@ -36,8 +36,18 @@ pub enum Decoded {
     /// non-empty string; `usage` is the top-level `usage` unless absent or null.
     Chunk {
         content: Option<String>,
+        /// The pieces of the model's reasoning in `choices[0].delta`, in order
+        /// (PROTOCOL.md §3.2): `reasoning_content`, else `reasoning`, else the
+        /// `text`/`summary` of each `reasoning_details` entry; non-empty only.
+        reasoning: Vec<String>,
+        /// The chunk carries something for a client beyond a role: content,
+        /// reasoning, tool or function calls, logprobs or a finish reason.
+        payload: bool,
         finish_reason: Option<String>,
         usage: Option<Value>,
+        /// Where the chunk's top-level `model` is (for `/v1`, which maps it
+        /// back to the client's name without re-encoding the chunk).
+        model: ModelField,
     },
 }
 
@@ -106,6 +116,11 @@ fn slow_path(text: &str) -> Result<Decoded, StreamError> {
     }
 }
 
+/// The string, unless it is empty.
+fn nonempty(s: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
+    s.filter(|s| !s.is_empty())
+}
+
 fn chunk_from_wire(wire: Loose<WireChunk<'_>>, text: &str) -> Result<Decoded, StreamError> {
     let Some(chunk) = wire.0 else {
         return Err(stream_error(format!(
@@ -119,24 +134,100 @@ fn chunk_from_wire(wire: Loose<WireChunk<'_>>, text: &str) -> Result<Decoded, St
             "upstream sent an error object without a message",
         ));
     }
-    let (content, finish_reason) = match chunk.choices.0.and_then(|c| c.0) {
-        None => (None, None),
+    let model = ModelField::locate(&chunk.model.0, text);
+    let mut reasoning = Vec::new();
+    let mut calls = false;
+    let (content, finish_reason, logprobs) = match chunk.choices.0.and_then(|c| c.0) {
+        None => (None, None, false),
         Some(choice) => {
-            let delta = choice
-                .delta
-                .0
-                .and_then(|d| d.content.0)
-                .filter(|s| !s.is_empty());
-            let content = delta.or_else(|| choice.text.0.filter(|s| !s.is_empty()));
+            let delta = choice.delta.0;
+            let mut delta_content = None;
+            if let Some(d) = delta {
+                // The same text may come in several fields (vLLM sends
+                // `reasoning` and `reasoning_content` alike): the first wins.
+                if let Some(r) = nonempty(d.reasoning_content.0).or(nonempty(d.reasoning.0)) {
+                    reasoning.push(r.into_owned());
+                } else {
+                    for detail in d.reasoning_details.0.into_iter().filter_map(|x| x.0) {
+                        if let Some(r) = nonempty(detail.text.0).or(nonempty(detail.summary.0)) {
+                            reasoning.push(r.into_owned());
+                        }
+                    }
+                }
+                calls = d.tool_calls.0 || d.function_call.0;
+                delta_content = nonempty(d.content.0);
+            }
+            let content = delta_content.or_else(|| choice.text.0.filter(|s| !s.is_empty()));
             let finish = choice.finish_reason.0.filter(|s| !s.is_empty());
-            (content.map(Cow::into_owned), finish.map(Cow::into_owned))
+            (
+                content.map(Cow::into_owned),
+                finish.map(Cow::into_owned),
+                choice.logprobs.0,
+            )
         }
     };
+    let payload =
+        content.is_some() || !reasoning.is_empty() || calls || logprobs || finish_reason.is_some();
     Ok(Decoded::Chunk {
         content,
+        reasoning,
+        payload,
         finish_reason,
         usage: chunk.usage,
+        model,
     })
+}
+
+/// Where a chunk's top-level `model` string is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelField {
+    /// No `model` string.
+    Absent,
+    /// Its characters (between the quotes) are these bytes of the event's
+    /// data, trimmed.
+    At(std::ops::Range<usize>),
+    /// It has escapes: only a re-encode can replace it.
+    Escaped,
+}
+
+impl ModelField {
+    fn locate(model: &Option<Cow<'_, str>>, text: &str) -> ModelField {
+        match model {
+            None => ModelField::Absent,
+            Some(Cow::Owned(_)) => ModelField::Escaped,
+            Some(Cow::Borrowed(m)) => {
+                let start = (m.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+                match text.get(start..start + m.len()) {
+                    Some(_) => ModelField::At(start..start + m.len()),
+                    None => ModelField::Escaped,
+                }
+            }
+        }
+    }
+
+    /// `text` (a chunk's trimmed data) with its `model` replaced by `model`:
+    /// a splice of the string when it can be found, else a re-encode.
+    pub fn replace(&self, text: &str, model: &str) -> String {
+        let quoted = serde_json::to_string(model).unwrap_or_else(|_| String::from("\"\""));
+        let inner = &quoted[1..quoted.len() - 1];
+        match self {
+            ModelField::Absent => text.to_owned(),
+            ModelField::At(r) => {
+                let mut out = String::with_capacity(text.len() + inner.len());
+                out.push_str(&text[..r.start]);
+                out.push_str(inner);
+                out.push_str(&text[r.end..]);
+                out
+            }
+            ModelField::Escaped => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(mut map)) => {
+                    map.insert("model".into(), Value::from(model));
+                    Value::Object(map).to_string()
+                }
+                _ => text.to_owned(),
+            },
+        }
+    }
 }
 
 /// What a 2xx, non-SSE body was.
@@ -320,6 +411,8 @@ fn clip(s: &str, max: usize) -> String {
 struct WireChunk<'a> {
     #[serde(default, borrow)]
     object: LooseStr<'a>,
+    #[serde(default, borrow)]
+    model: LooseStr<'a>,
     #[serde(default)]
     error: NonNull,
     #[serde(default, borrow)]
@@ -336,12 +429,33 @@ struct WireChoice<'a> {
     text: LooseStr<'a>,
     #[serde(default, borrow)]
     finish_reason: LooseStr<'a>,
+    #[serde(default)]
+    logprobs: NonNull,
 }
 
 #[derive(DeriveDeserialize)]
 struct WireDelta<'a> {
     #[serde(default, borrow)]
     content: LooseStr<'a>,
+    #[serde(default, borrow)]
+    reasoning_content: LooseStr<'a>,
+    #[serde(default, borrow)]
+    reasoning: LooseStr<'a>,
+    #[serde(default, borrow)]
+    reasoning_details: Each<Loose<WireDetail<'a>>>,
+    #[serde(default)]
+    tool_calls: NonNull,
+    #[serde(default)]
+    function_call: NonNull,
+}
+
+/// One `reasoning_details` entry (OpenRouter): its text or summary.
+#[derive(DeriveDeserialize)]
+struct WireDetail<'a> {
+    #[serde(default, borrow)]
+    text: LooseStr<'a>,
+    #[serde(default, borrow)]
+    summary: LooseStr<'a>,
 }
 
 /// Generates the visitor methods that read any value `T` does not want as
@@ -466,6 +580,38 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for First<T> {
                 let first = seq.next_element::<T>()?;
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(First(first))
+            }
+            anything_else_is_default!();
+            anything_else_is_default!(str);
+            anything_else_is_default!(map);
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// Every element of an array read as `T`; empty for null or any other type.
+struct Each<T>(Vec<T>);
+
+impl<T> Default for Each<T> {
+    fn default() -> Self {
+        Each(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Each<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Each<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(x) = seq.next_element::<T>()? {
+                    out.push(x);
+                }
+                Ok(Each(out))
             }
             anything_else_is_default!();
             anything_else_is_default!(str);

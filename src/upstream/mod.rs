@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::chats::{ChatLog, EventKind};
 use crate::error::{ChatError, Outcome};
-use crate::protocol::ChatRequest;
+use crate::protocol::{ApiRequest, ChatRequest};
 use crate::shared::Shared;
 use chat::ChatTask;
 use target::Target;
@@ -113,13 +113,44 @@ pub fn next_chat_key() -> u64 {
     NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
+/// What a chat asks its upstreams: a WebSocket chat frame, or a `/v1` body
+/// forwarded as the client sent it (PROTOCOL.md §7).
+#[derive(Debug, Clone)]
+pub enum ChatCall {
+    Frame(ChatRequest),
+    Api { id: String, request: ApiRequest },
+}
+
+impl ChatCall {
+    /// The client's id for the chat (for logs).
+    pub fn id(&self) -> &str {
+        match self {
+            ChatCall::Frame(r) => &r.id,
+            ChatCall::Api { id, .. } => id,
+        }
+    }
+
+    /// The client-facing model.
+    pub fn model(&self) -> &str {
+        match self {
+            ChatCall::Frame(r) => &r.model,
+            ChatCall::Api { request, .. } => &request.model,
+        }
+    }
+
+    /// Whether upstream chunks reach the client as they are (`/v1`).
+    pub fn passthrough(&self) -> bool {
+        matches!(self, ChatCall::Api { .. })
+    }
+}
+
 /// Start the chat `key` (unique per process, so a reused client id never
 /// receives stale events); its events go to `sink`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct StartChat {
     pub key: u64,
-    pub request: ChatRequest,
+    pub call: ChatCall,
     pub sink: ChatSink,
 }
 
@@ -196,7 +227,7 @@ impl Handler<StartChat> for Upstream {
             shared: self.shared.clone(),
             clients: self.clients.clone(),
             sink: sink.clone(),
-            request: msg.request,
+            call: msg.call,
         };
         let me = ctx.address();
         let mut ending = self.shared.chats_ending();

@@ -1,7 +1,8 @@
 //! Tests of chunk / body interpretation (PROTOCOL.md section 4).
 
 use netfly::upstream::completion::{
-    decode_event, decode_whole_body, error_message_from_body, Decoded, StreamError, WholeBody,
+    decode_event, decode_whole_body, error_message_from_body, Decoded, ModelField, StreamError,
+    WholeBody,
 };
 use netfly::upstream::sse::{Event, Parser};
 use serde_json::json;
@@ -14,15 +15,38 @@ fn data(d: &str) -> Event {
     }
 }
 
+/// Decodes `d`, forgetting where the chunk's `model` is (tested apart).
 fn decode(d: &str) -> Result<Decoded, StreamError> {
-    decode_event(&data(d))
+    decode_event(&data(d)).map(|decoded| match decoded {
+        Decoded::Chunk {
+            content,
+            reasoning,
+            payload,
+            finish_reason,
+            usage,
+            model: _,
+        } => Decoded::Chunk {
+            content,
+            reasoning,
+            payload,
+            finish_reason,
+            usage,
+            model: ModelField::Absent,
+        },
+        other => other,
+    })
 }
 
+/// A chunk with this content, finish reason and usage (no reasoning, no
+/// tool calls, no logprobs).
 fn chunk(content: Option<&str>, finish: Option<&str>, usage: Option<serde_json::Value>) -> Decoded {
     Decoded::Chunk {
         content: content.map(str::to_owned),
+        reasoning: Vec::new(),
+        payload: content.is_some() || finish.is_some(),
         finish_reason: finish.map(str::to_owned),
         usage,
+        model: ModelField::Absent,
     }
 }
 
@@ -91,9 +115,18 @@ fn empty_and_null_content_are_not_errors() {
         Ok(chunk(None, None, None))
     );
     assert_eq!(decode(r#"{"choices":[{}]}"#), Ok(chunk(None, None, None)));
+    // A tool call carries no text, but it is something for a client (the
+    // commit point of a `/v1` stream).
     assert_eq!(
         decode(r#"{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0}]}}]}"#),
-        Ok(chunk(None, None, None))
+        Ok(Decoded::Chunk {
+            content: None,
+            reasoning: Vec::new(),
+            payload: true,
+            finish_reason: None,
+            usage: None,
+            model: ModelField::Absent,
+        })
     );
 }
 
@@ -150,7 +183,17 @@ fn unknown_fields_and_wrong_types_are_tolerated() {
     let d = r#"{"id":1,"object":["x"],"created":"now","system_fingerprint":null,"x_groq":{"id":"r"},
         "choices":[{"index":"0","logprobs":{"content":[]},"delta":{"role":"assistant","content":"ok","reasoning":"hmm","extra":[1,{"a":null}]},"finish_reason":null,"extra":true}],
         "provider":"p"}"#;
-    assert_eq!(decode(d), Ok(chunk(Some("ok"), None, None)));
+    assert_eq!(
+        decode(d),
+        Ok(Decoded::Chunk {
+            content: Some("ok".into()),
+            reasoning: vec!["hmm".into()],
+            payload: true,
+            finish_reason: None,
+            usage: None,
+            model: ModelField::Absent,
+        })
+    );
     // Non-string content, non-object delta, non-array choices read as absent.
     assert_eq!(
         decode(r#"{"choices":[{"delta":{"content":42}}]}"#),
@@ -445,6 +488,7 @@ fn a_whole_stream_through_parser_and_decoder() {
                     content,
                     finish_reason,
                     usage: u,
+                    ..
                 } => {
                     assert!(!done);
                     text.push_str(content.as_deref().unwrap_or(""));
@@ -698,4 +742,111 @@ fn error_body_truncation_respects_char_boundaries() {
     }
     let body = "🎉".repeat(500);
     assert_eq!(error_message_from_body(body.as_bytes()), body);
+}
+
+// ---- reasoning (PROTOCOL.md §3.2) and the model field (§7) ------------------
+
+/// The three real shapes, each cited from its provider's documentation:
+/// DeepSeek's API ("reasoning_content" in the delta, api-docs.deepseek.com,
+/// "Reasoning Model"), OpenRouter's ("reasoning" and "reasoning_details"
+/// entries of type reasoning.text / reasoning.summary / reasoning.encrypted,
+/// openrouter.ai/docs "Reasoning Tokens"), vLLM's reasoning parsers (both
+/// "reasoning" and, before 0.10, "reasoning_content").
+#[test]
+fn reasoning_in_each_shape_is_decoded_once_in_order() {
+    let reasoning = |d: &str| match decode(d) {
+        Ok(Decoded::Chunk { reasoning, .. }) => reasoning,
+        other => panic!("{d} → {other:?}"),
+    };
+    // DeepSeek.
+    assert_eq!(
+        reasoning(
+            r#"{"choices":[{"index":0,"delta":{"content":null,"reasoning_content":"Let me"}}]}"#
+        ),
+        ["Let me"]
+    );
+    // OpenRouter / newer vLLM.
+    assert_eq!(
+        reasoning(r#"{"choices":[{"delta":{"content":"","reasoning":"think"}}]}"#),
+        ["think"]
+    );
+    // vLLM sends the same text twice: once.
+    assert_eq!(
+        reasoning(r#"{"choices":[{"delta":{"reasoning":"same","reasoning_content":"same"}}]}"#),
+        ["same"]
+    );
+    // OpenRouter details: one piece per entry with text or summary; the
+    // encrypted one has neither.
+    assert_eq!(
+        reasoning(
+            r#"{"choices":[{"delta":{"reasoning_details":[
+                {"type":"reasoning.summary","summary":"Plan: ","format":"anthropic-claude-v1","index":0},
+                {"type":"reasoning.encrypted","data":"gAAAA…","index":1},
+                {"type":"reasoning.text","text":"step one","signature":null,"index":2}]}}]}"#
+        ),
+        ["Plan: ", "step one"]
+    );
+    // `reasoning` wins over details (they repeat it).
+    assert_eq!(
+        reasoning(
+            r#"{"choices":[{"delta":{"reasoning":"r","reasoning_details":[{"type":"reasoning.text","text":"r"}]}}]}"#
+        ),
+        ["r"]
+    );
+    // Empty, null and wrongly typed reasoning is none.
+    for d in [
+        r#"{"choices":[{"delta":{"reasoning_content":""}}]}"#,
+        r#"{"choices":[{"delta":{"reasoning":null}}]}"#,
+        r#"{"choices":[{"delta":{"reasoning":7,"reasoning_details":"x"}}]}"#,
+        r#"{"choices":[{"delta":{"reasoning_details":[{"type":"reasoning.text","text":""}, 5, null]}}]}"#,
+    ] {
+        assert_eq!(reasoning(d), Vec::<String>::new(), "{d}");
+    }
+    // Reasoning with content: both, and the chunk carries something.
+    match decode(r#"{"choices":[{"delta":{"content":"A","reasoning_content":"r"}}]}"#) {
+        Ok(Decoded::Chunk {
+            content,
+            reasoning,
+            payload,
+            ..
+        }) => {
+            assert_eq!(
+                (content.as_deref(), reasoning, payload),
+                (Some("A"), vec!["r".to_owned()], true)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A chunk's `model` is found where it is and replaced without re-encoding
+/// the rest; an escaped model name falls back to a re-encode; no model,
+/// no change.
+#[test]
+fn the_model_field_is_replaced_in_place() {
+    let replace = |d: &str, m: &str| match decode_event(&data(d)) {
+        Ok(Decoded::Chunk { model, .. }) => model.replace(d.trim(), m),
+        other => panic!("{d} → {other:?}"),
+    };
+    let d = r#"{"id":"c","model":"vendor-fast-001","choices":[{"delta":{"content":"\"model\":\"x\""}}],"usage":null}"#;
+    let out = replace(d, "fast");
+    assert_eq!(
+        out,
+        r#"{"id":"c","model":"fast","choices":[{"delta":{"content":"\"model\":\"x\""}}],"usage":null}"#
+    );
+    // A client model with characters JSON escapes.
+    let out = replace(d, "a\"b\\c");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+    assert_eq!(v["model"], "a\"b\\c");
+    assert_eq!(v["choices"][0]["delta"]["content"], "\"model\":\"x\"");
+    // Escaped upstream model: re-encoded, everything else kept.
+    let d = r#"{"model":"v\u0065ndor","choices":[{"delta":{"content":"hi"}}],"x":[1,2]}"#;
+    let v: serde_json::Value = serde_json::from_str(&replace(d, "fast")).expect("json");
+    assert_eq!(
+        v,
+        json!({"model":"fast","choices":[{"delta":{"content":"hi"}}],"x":[1,2]})
+    );
+    // No model: unchanged.
+    let d = r#"{"choices":[{"delta":{"content":"hi"}}]}"#;
+    assert_eq!(replace(d, "fast"), d);
 }

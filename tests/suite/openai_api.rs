@@ -293,6 +293,8 @@ async fn error_after_streaming_began_is_an_sse_error_event() {
 // non-streamed
 // ---------------------------------------------------------------------------
 
+/// An upstream that streams although asked not to: the gateway assembles
+/// the completion from its chunks.
 #[actix_web::test]
 async fn whole_completion_when_not_streaming() {
     let parts = vec![
@@ -321,8 +323,8 @@ async fn whole_completion_when_not_streaming() {
     assert_eq!(v["choices"][0]["message"]["content"], "Hello, world");
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"], usage());
-    // The upstream is still asked to stream (the gateway's one path).
-    assert_eq!(fake.request(0).json()["stream"], true);
+    // The upstream is asked exactly what the client asked.
+    assert_eq!(fake.request(0).json()["stream"], false);
     assert_eq!(
         gw.metrics().chats_total.with_label_values(&["done"]).get(),
         1
@@ -374,11 +376,12 @@ async fn validation_errors_are_400_and_never_reach_the_upstream() {
                 "bad_request",
             ),
             (
-                json!({ "messages": user("x"), "logit_bias": {}, "stream": stream }),
+                json!({ "messages": user("x"), "max_completion_tokens": 0, "stream": stream }),
                 "bad_request",
             ),
             (
-                json!({ "messages": user("x"), "n": 3, "stream": stream }),
+                json!({ "messages": [{ "role": "user", "content": [{ "type": "image_url",
+                    "image_url": { "url": "javascript:alert(1)" } }] }], "stream": stream }),
                 "bad_request",
             ),
             (
@@ -730,4 +733,279 @@ async fn v1_obeys_the_per_address_and_total_chat_limits() {
         drop(second);
         gw.stop(false).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// A faithful proxy (PROTOCOL.md §7, issue 12)
+// ---------------------------------------------------------------------------
+
+/// A realistic tool-call stream, in the shape OpenAI documents for
+/// streamed function calling (platform.openai.com/docs/guides/function-calling,
+/// "Streaming"): a role chunk whose delta opens the call with its id and
+/// name, then the arguments split across many chunks, `finish_reason`
+/// `tool_calls`, and, with `stream_options.include_usage`, a last chunk with
+/// empty `choices` and the usage. Each chunk carries `logprobs: null` and
+/// the upstream's own model name, as OpenAI's do.
+fn tool_call_chunks() -> Vec<Value> {
+    let base = |choices: Value| {
+        json!({ "id": "chatcmpl-up1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": "vendor-fast-001", "system_fingerprint": "fp_44709d6fcb", "choices": choices })
+    };
+    let args = [
+        "{\"",
+        "city",
+        "\":\"",
+        "Par",
+        "is",
+        "\",\"",
+        "unit",
+        "\":\"c\"}",
+    ];
+    let mut out = vec![base(
+        json!([{ "index": 0, "delta": { "role": "assistant", "content": null,
+        "tool_calls": [{ "index": 0, "id": "call_abc123", "type": "function",
+        "function": { "name": "get_weather", "arguments": "" } }] }, "logprobs": null, "finish_reason": null }]),
+    )];
+    for a in args {
+        out.push(base(
+            json!([{ "index": 0, "delta": { "tool_calls": [{ "index": 0,
+            "function": { "arguments": a } }] }, "logprobs": null, "finish_reason": null }]),
+        ));
+    }
+    out.push(base(
+        json!([{ "index": 0, "delta": {}, "logprobs": null, "finish_reason": "tool_calls" }]),
+    ));
+    let mut usage_chunk = base(json!([]));
+    usage_chunk["usage"] =
+        json!({ "prompt_tokens": 81, "completion_tokens": 19, "total_tokens": 100 });
+    out.push(usage_chunk);
+    out
+}
+
+/// Content with logprobs and reasoning (the `reasoning_content` shape of
+/// DeepSeek / vLLM), as one more realistic stream.
+fn reasoning_and_logprobs_chunks() -> Vec<Value> {
+    let base = |delta: Value, logprobs: Value, finish: Value| {
+        json!({ "id": "chatcmpl-up2", "object": "chat.completion.chunk", "created": 1_700_000_001,
+                "model": "vendor-fast-001",
+                "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }] })
+    };
+    vec![
+        base(
+            json!({ "role": "assistant", "content": "" }),
+            Value::Null,
+            Value::Null,
+        ),
+        base(
+            json!({ "content": null, "reasoning_content": "Greet back." }),
+            Value::Null,
+            Value::Null,
+        ),
+        base(
+            json!({ "content": "Hel" }),
+            json!({ "content": [{ "token": "Hel", "logprob": -0.01, "bytes": [72, 101, 108],
+                "top_logprobs": [{ "token": "Hel", "logprob": -0.01, "bytes": [72, 101, 108] }] }], "refusal": null }),
+            Value::Null,
+        ),
+        base(
+            json!({ "content": "lo" }),
+            json!({ "content": [{ "token": "lo", "logprob": -0.2, "bytes": [108, 111], "top_logprobs": [] }], "refusal": null }),
+            Value::Null,
+        ),
+        base(json!({}), Value::Null, json!("stop")),
+    ]
+}
+
+fn stream_reply(chunks: &[Value]) -> Reply {
+    let mut parts: Vec<Part> = chunks.iter().map(|c| Part::Bytes(event(c))).collect();
+    parts.push(Part::Bytes(done_event()));
+    Reply::sse(parts)
+}
+
+/// A gateway whose model "fast" is the fake's "vendor-fast-001" (so that
+/// the mapping both ways shows).
+async fn mapped_gateway(
+    script: Vec<Reply>,
+) -> (
+    FakeUpstream,
+    netfly::Gateway,
+    crate::support::temp_file::TempFile,
+) {
+    init();
+    let fake = FakeUpstream::start(script);
+    let file = crate::support::temp_file::write_file(&format!(
+        "[[upstream]]\nname = \"p\"\nurl = \"{}\"\n[upstream.models]\nfast = \"vendor-fast-001\"\n",
+        fake.url()
+    ));
+    let gw = start_gateway(&["--config", file.path()]).await;
+    (fake, gw, file)
+}
+
+/// Every request field beyond `model` reaches the upstream unchanged:
+/// tools, tool_choice, response_format, stream_options, logprobs, n, tool
+/// messages, assistant tool calls, content parts, reasoning_effort, …
+#[actix_web::test]
+async fn v1_request_fields_are_forwarded_unchanged() {
+    let (fake, gw, _file) = mapped_gateway(vec![stream_reply(&tool_call_chunks())]).await;
+    let body = json!({
+        "model": "fast",
+        "stream": true,
+        "stream_options": { "include_usage": true },
+        "messages": [
+            { "role": "developer", "content": "Use the tools." },
+            { "role": "user", "content": [{ "type": "text", "text": "Weather in Paris?" },
+                { "type": "image_url", "image_url": { "url": "https://example.com/map.png", "detail": "high" } }] },
+            { "role": "assistant", "content": null, "tool_calls": [{ "id": "call_0", "type": "function",
+                "function": { "name": "get_time", "arguments": "{}" } }] },
+            { "role": "tool", "tool_call_id": "call_0", "content": "12:00" }
+        ],
+        "tools": [{ "type": "function", "function": { "name": "get_weather", "description": "Weather",
+            "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] } } }],
+        "tool_choice": "auto",
+        "parallel_tool_calls": false,
+        "response_format": { "type": "text" },
+        "logprobs": true,
+        "top_logprobs": 2,
+        "n": 1,
+        "reasoning_effort": "low",
+        "max_completion_tokens": 256,
+        "user": "u-42",
+        "logit_bias": { "50256": -100 },
+        "metadata": { "trace": "t1" },
+        "temperature": 0.2
+    });
+    let a = post(gw.addr, &body, None).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut expected = body.clone();
+    expected["model"] = json!("vendor-fast-001");
+    assert_eq!(
+        fake.request(0).json(),
+        &expected,
+        "the upstream got the body as sent"
+    );
+    gw.stop(false).await;
+}
+
+/// Streamed chunks reach the client as the upstream sent them (tool call
+/// fragments, logprobs, reasoning fields, the usage chunk with empty
+/// choices), only `model` mapped back; `[DONE]` ends the stream.
+#[actix_web::test]
+async fn v1_streamed_chunks_are_forwarded_with_everything_in_them() {
+    for chunks in [tool_call_chunks(), reasoning_and_logprobs_chunks()] {
+        let (_fake, gw, _file) = mapped_gateway(vec![stream_reply(&chunks)]).await;
+        let body = json!({ "model": "fast", "messages": user("x"), "stream": true,
+            "stream_options": { "include_usage": true }, "logprobs": true });
+        let a = post(gw.addr, &body, None).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let data = sse_data(&a.body);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let got: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).expect("chunk JSON"))
+            .collect();
+        let want: Vec<Value> = chunks
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c["model"] = json!("fast");
+                c
+            })
+            .collect();
+        assert_eq!(got, want);
+        gw.stop(false).await;
+    }
+}
+
+/// A whole (non-streamed) completion is forwarded as the upstream sent it,
+/// tool calls and all, only `model` mapped back.
+#[actix_web::test]
+async fn v1_whole_completion_is_forwarded_unchanged() {
+    let completion = json!({
+        "id": "chatcmpl-whole", "object": "chat.completion", "created": 1_700_000_002,
+        "model": "vendor-fast-001", "system_fingerprint": "fp_1",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "refusal": null,
+            "tool_calls": [{ "id": "call_9", "type": "function",
+                "function": { "name": "get_weather", "arguments": "{\"city\":\"Paris\"}" } }] },
+            "logprobs": null, "finish_reason": "tool_calls" }],
+        "usage": { "prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12 }
+    });
+    let (fake, gw, _file) = mapped_gateway(vec![Reply::json(200, &completion)]).await;
+    let a = post(
+        gw.addr,
+        &json!({ "model": "fast", "messages": user("x"), "stream": false }),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut want = completion.clone();
+    want["model"] = json!("fast");
+    assert_eq!(a.json(), want);
+    assert_eq!(fake.request(0).json()["stream"], false);
+    gw.stop(false).await;
+}
+
+/// The provider's `include_usage` is for WebSocket chats: a `/v1` client
+/// that did not ask for the usage chunk never gets one (nor asks for it).
+#[actix_web::test]
+async fn v1_never_gets_a_usage_chunk_it_did_not_ask_for() {
+    init();
+    let fake = FakeUpstream::start(vec![Reply::sse_words(&["a", "b"])]);
+    let file = crate::support::temp_file::write_file(&format!(
+        "[[upstream]]\nname = \"p\"\nurl = \"{}\"\ninclude_usage = true\n",
+        fake.url()
+    ));
+    let gw = start_gateway(&["--config", file.path()]).await;
+    let a = post_x(gw.addr, true).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(fake.request(0).json().get("stream_options").is_none());
+    gw.stop(false).await;
+}
+
+/// The official `openai` Python package against a tool-call stream and a
+/// reasoning stream: the tool call accumulates to the right name and JSON
+/// arguments with `finish_reason` `tool_calls` and the usage chunk; the
+/// reasoning is visible on the delta.
+#[actix_web::test]
+async fn official_openai_client_sees_tool_calls_usage_and_reasoning() {
+    let python = repo().join("target/pyenv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash scripts/install-deploy-deps.sh` first",
+        python.display()
+    );
+    let (_fake, gw, _file) = mapped_gateway(vec![
+        stream_reply(&tool_call_chunks()),
+        stream_reply(&reasoning_and_logprobs_chunks()),
+    ])
+    .await;
+    let out = run(
+        python.display().to_string(),
+        vec![
+            repo().join("deploy/openai-tools.py").display().to_string(),
+            format!("http://{}/v1", gw.addr),
+        ],
+        60,
+    )
+    .await;
+    let stdout = stdout_of_success(&out, "openai client");
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {stdout}"));
+    assert_eq!(v["tool"]["name"], "get_weather", "{v}");
+    assert_eq!(v["tool"]["id"], "call_abc123", "{v}");
+    assert_eq!(
+        serde_json::from_str::<Value>(v["tool"]["arguments"].as_str().unwrap()).unwrap(),
+        json!({ "city": "Paris", "unit": "c" }),
+        "{v}"
+    );
+    assert_eq!(v["tool"]["finish_reason"], "tool_calls", "{v}");
+    assert_eq!(v["tool"]["usage"]["total_tokens"], 100, "{v}");
+    assert_eq!(v["tool"]["model"], "fast", "{v}");
+    assert_eq!(v["reasoning"]["reasoning"], "Greet back.", "{v}");
+    assert_eq!(v["reasoning"]["content"], "Hello", "{v}");
+    assert_eq!(
+        v["reasoning"]["logprob_tokens"],
+        json!(["Hel", "lo"]),
+        "{v}"
+    );
+    gw.stop(false).await;
 }

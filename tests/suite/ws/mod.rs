@@ -7,6 +7,7 @@
 //! /work/shared/PROTOCOL.md.
 
 // What the browser sees of a chat, and what the upstream is sent.
+mod content;
 mod stream_text;
 mod upstream_request;
 
