@@ -594,6 +594,11 @@ impl FakeUpstream {
         self.wait_until(timeout, || self.attempts() >= n).await
     }
 
+    /// Waits (bounded) until at least `n` client disconnects were seen.
+    pub async fn wait_until_disconnects(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, || self.disconnects() >= n).await
+    }
+
     async fn wait_until(&self, timeout: Duration, cond: impl Fn() -> bool) -> bool {
         super::poll_until(timeout, Duration::from_millis(5), cond).await
     }

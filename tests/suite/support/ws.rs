@@ -107,7 +107,9 @@ impl WsClient {
         let client = awc::Client::builder()
             .timeout(Duration::from_secs(10))
             .finish();
-        let mut req = client.ws(url.as_str());
+        // Frames as large as the gateway may send (a whole completion can be
+        // one delta of many MB), not awc's 64 KiB default.
+        let mut req = client.ws(url.as_str()).max_frame_size(64 * 1024 * 1024);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

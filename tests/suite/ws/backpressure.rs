@@ -225,3 +225,24 @@ async fn enormous_single_delta_to_a_non_reader() {
     );
     gw.stop(false).await;
 }
+
+/// Issue 10 item 5: slowness is judged by lack of progress over time, never
+/// by a byte count. A client that reads is never closed, however large the
+/// burst: 120 deltas of 100 KB (12 MB, written by the upstream as fast as
+/// TCP allows) reach it exactly (the old gateway closed it with 1008
+/// "the client is not reading" after 4.4 MB).
+#[actix_web::test]
+async fn a_reading_client_is_never_closed_for_a_large_burst() {
+    let _alone = MEMORY_HEAVY.lock().await;
+    let pieces: Vec<String> = (0..120)
+        .map(|i| format!("{i:04}{}", "x".repeat(100 * 1024 - 4)))
+        .collect();
+    let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+    let (_fake, gw, mut ws) = fake_gateway_client(vec![Reply::sse_words(&refs)], &[]).await;
+    let frames = ws.chat("big", "hi", Duration::from_secs(60)).await;
+    expect_done(&frames);
+    assert_eq!(content_of(&frames), pieces.concat());
+    assert!(!ws.is_closed(), "a reading client was closed");
+    assert_eq!(gw.metrics().ws_slow_consumer_closed_total.get(), 0);
+    gw.stop(false).await;
+}

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::fake::{self, ev};
 use crate::support::*;
 
 /// Graceful drain (§1): no new sockets, the stream in flight finishes,
@@ -66,4 +67,74 @@ async fn stop_closes_sockets_1001() {
     assert!(closed);
     assert_eq!(code, Some(1001));
     fake.expect_client_disconnect("after stop").await;
+}
+
+/// Issue 10 item 11: chats still running when the grace period ends get
+/// their one terminal frame — `error` `upstream_unavailable`, retryable, the
+/// next seq — before the 1001 close, on every socket (the old gateway sent
+/// 50 of 50 sockets only a close).
+#[actix_web::test]
+async fn chats_running_at_the_end_of_the_grace_period_get_a_terminal_frame() {
+    const SOCKETS: usize = 20;
+    let stalled = Reply::sse(vec![ev(&fake::chunk("Hel"))]).with_end(End::Stall);
+    let (fake, gw) = fake_gateway(vec![stalled], &flags("--shutdown-grace-ms 300")).await;
+    let mut clients = Vec::new();
+    for i in 0..SOCKETS {
+        let mut ws = WsClient::connect(gw.addr).await;
+        let id = format!("s{i}");
+        ws.send_chat(&id, "hi").await;
+        ws.expect_type(&id, "delta", WAIT).await;
+        clients.push((id, ws));
+    }
+    let readers = async {
+        let mut seen = Vec::new();
+        for (id, ws) in &mut clients {
+            let rest = ws.chat_until_terminal(id, Duration::from_secs(10)).await;
+            let closed = ws.wait_closed(Duration::from_secs(5)).await;
+            seen.push((rest, closed, ws.close_code()));
+        }
+        seen
+    };
+    let (seen, ()) = tokio::join!(readers, gw.shutdown());
+    for (rest, closed, code) in seen {
+        let err = expect_error(&rest, "upstream_unavailable");
+        assert_eq!(err["retryable"], true, "{err}");
+        assert!(message_of(err).contains("shutting down"), "{err}");
+        assert!(err["seq"].as_u64().is_some_and(|s| s > 2), "{err}");
+        assert!(closed);
+        assert_eq!(code, Some(1001));
+    }
+    assert!(
+        fake.wait_until_disconnects(SOCKETS, Duration::from_secs(2))
+            .await
+    );
+}
+
+/// A `/v1` stream still running at the end of the grace period ends with an
+/// error event and a clean end of the chunked body (never cut mid-body).
+#[actix_web::test]
+async fn v1_streams_at_the_end_of_the_grace_period_end_with_an_error_event() {
+    let stalled = Reply::sse(vec![ev(&fake::chunk("Hel"))]).with_end(End::Stall);
+    let (_fake, gw) = fake_gateway(vec![stalled], &flags("--shutdown-grace-ms 300")).await;
+    let body =
+        serde_json::json!({ "messages": [{ "role": "user", "content": "x" }], "stream": true });
+    let (mut tcp, head) = raw_http::raw_post_until(gw.addr, &body, "Hel").await;
+    let reader = async {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        String::from_utf8_lossy(&rest).into_owned()
+    };
+    let (rest, ()) = tokio::join!(reader, gw.shutdown());
+    let all = format!("{head}{rest}");
+    assert!(all.contains("transfer-encoding: chunked"), "{all}");
+    assert!(
+        all.contains("\"code\":\"upstream_unavailable\"") && all.contains("shutting down"),
+        "no error event: {all}"
+    );
+    assert!(!all.contains("[DONE]"), "{all}");
+    assert!(
+        all.ends_with("0\r\n\r\n"),
+        "the chunked body was cut: {all:?}"
+    );
 }
