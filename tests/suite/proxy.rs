@@ -734,3 +734,39 @@ async fn gateway_chats_stream_through_the_proxy_unless_excluded() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(proxy.log().matches(&line).count(), 2);
 }
+
+#[actix_web::test]
+async fn framing_is_read_the_same_through_the_proxy() {
+    // A close-delimited answer ends normally; a chunked one cut after the
+    // first delta is upstream_broken, through tinyproxy as directly.
+    let proxy = Tinyproxy::start("");
+    let words = ["prox", "ied"];
+    let body = sse_body(&words);
+    let first_delta = crate::support::fake::sse_events(&words)[..2].concat();
+    let fake = FakeUpstream::start(vec![
+        Reply::sse_bytes(&body).with_end(End::CloseDelimited),
+        Reply::sse(vec![
+            Part::bytes(&first_delta),
+            Part::bytes(b"data: {\"cho"),
+        ])
+        .with_end(End::FinAfterChunk),
+    ]);
+    let proxy_url = proxy.url();
+    let gw = gateway_for(&fake, &["--proxy", &proxy_url, "--max-attempts", "1"]).await;
+    let mut ws = WsClient::connect(gw.addr).await;
+    let frames = ws.chat("whole", "hello", WAIT).await;
+    expect_done(&frames);
+    assert_eq!(content_of(&frames), "proxied");
+    let frames = ws.chat("cut", "hello", WAIT).await;
+    let err = expect_error(&frames, "upstream_broken");
+    assert!(
+        message_of(err).contains(netfly::upstream::framing::CUT_BODY),
+        "{err}"
+    );
+    assert_eq!(content_of(&frames), "prox");
+    gw.stop(false).await;
+    assert_eq!(fake.attempts(), 2);
+    let line = format!("POST http://{}{CHAT_PATH} HTTP/1.1", fake.host());
+    let log = proxy.wait_log_n(&line, 2).await;
+    assert_eq!(log.matches(&line).count(), 2, "{log}");
+}
