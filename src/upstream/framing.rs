@@ -242,7 +242,9 @@ impl ResponseFraming {
             return Ok(&[]);
         };
         self.head.truncate(end);
-        let rest = &input[end - held..];
+        // The end lies in `input` (a head end in the held bytes would have
+        // been found by the previous call), so this takes at least one byte.
+        let rest = input.get(end.saturating_sub(held)..).unwrap_or_default();
         let head = std::mem::take(&mut self.head);
         self.on_head(&head, out)?;
         Ok(rest)
