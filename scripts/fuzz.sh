@@ -31,6 +31,7 @@ for t in "${TARGETS[@]}"; do
     grep -E "^#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb" "$log" || true
     if [ "$status" -ne 0 ]; then
         echo "fuzz target $t failed (exit $status):" >&2
+        grep -E -A3 "panicked at" "$log" >&2 || true
         tail -40 "$log" >&2
         ls -l "artifacts/$t" 2>/dev/null >&2 || true
         rm -f "$log"

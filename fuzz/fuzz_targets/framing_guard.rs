@@ -110,9 +110,8 @@ fn read_back(out: &[u8]) -> (Vec<u8>, bool) {
                 if size == 0 {
                     return (body, r.starts_with(b"\r\n"));
                 }
-                let take = size.min(r.len());
-                body.extend_from_slice(&r[..take]);
-                if take < size + 2 {
+                body.extend_from_slice(&r[..size.min(r.len())]);
+                if r.len() < size + 2 {
                     return (body, false);
                 }
                 r = &r[size + 2..];

@@ -142,7 +142,8 @@ impl ResponseFraming {
     }
 
     /// Bytes held that are not yet part of what was handed on (a partial
-    /// response head); never more than [`MAX_HEAD`] plus one read.
+    /// response head): never more than [`MAX_HEAD`] after a successful
+    /// [`feed`](Self::feed) (a longer head is an error).
     pub fn buffered(&self) -> usize {
         self.head.len()
     }

@@ -118,14 +118,11 @@ impl Parser {
         self.overflow
     }
 
-    /// Bytes the parser's buffers hold (their capacity): never more than
-    /// twice the limit (one line, one event's data) plus the small event
-    /// name and error fields, each a line at most.
+    /// The capacity of the buffers that grow with the input (the partial
+    /// line and the event's data): never more than twice the limit. (The
+    /// event name and an `error:` field are copies of one line each.)
     pub fn buffered(&self) -> usize {
-        self.line.capacity()
-            + self.fields.data.capacity()
-            + self.fields.event.capacity()
-            + self.fields.error.as_ref().map_or(0, String::capacity)
+        self.line.capacity() + self.fields.data.capacity()
     }
 
     /// Feed the next bytes of the body (split anywhere, even inside a UTF-8 char or between CR and LF); appends every event completed by them to `out`.
@@ -140,6 +137,13 @@ impl Parser {
             rest = self.skip_bom(rest);
             if !self.started {
                 return; // everything so far may still be a BOM
+            }
+            if self.line.len() > self.limit {
+                self.overflow = Some(Overflow {
+                    event: false,
+                    limit: self.limit,
+                });
+                return;
             }
         }
         if self.after_cr {
@@ -222,7 +226,9 @@ impl Parser {
                     return &bytes[i + 1..];
                 }
             } else {
-                self.line.extend_from_slice(&BOM[..self.bom_matched]);
+                let kept = &BOM[..self.bom_matched];
+                grow(&mut self.line, kept.len(), self.limit);
+                self.line.extend_from_slice(kept);
                 self.started = true;
                 self.bom_matched = 0;
                 return &bytes[i..];

@@ -78,11 +78,9 @@ pub enum End {
     Close,
     /// Chunked body, but the connection is reset (RST: `SO_LINGER` 0)
     /// before the terminating chunk: a transport failure in the middle of the
-    /// body. (A plain FIN at a chunk boundary is *not* used for this: awc
-    /// reports it as a clean end of the body, so it is indistinguishable from
-    /// "the stream closed without `[DONE]`", which PROTOCOL §4 calls a normal
-    /// end.) Put a short `Delay` before the cut when the client must have
-    /// read the last part first: an RST can discard unread bytes.
+    /// body. (A plain FIN is [`End::FinAfterChunk`] / [`End::FinMidChunk`].)
+    /// Put a short `Delay` before the cut when the client must have read
+    /// the last part first: an RST can discard unread bytes.
     Cut,
     /// Chunked body that never ends: after the parts, silence until the
     /// client goes away.
