@@ -4,7 +4,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use netfly::upstream::completion::{decode_event, decode_whole_body, error_message_from_body, Decoded};
+use netfly::upstream::completion::{
+    decode_event, decode_whole_body, error_message_from_body, Decoded,
+};
 use netfly::upstream::sse::Event;
 
 #[derive(Arbitrary, Debug)]

@@ -38,7 +38,9 @@ fn build(input: &Input) -> (Vec<u8>, bool) {
     if input.interim {
         out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
-    out.extend_from_slice(format!("{version} 200 OK\r\ncontent-type: text/event-stream\r\n").as_bytes());
+    out.extend_from_slice(
+        format!("{version} 200 OK\r\ncontent-type: text/event-stream\r\n").as_bytes(),
+    );
     let body = &input.body;
     match &input.framing {
         Framing::Length => {
@@ -85,7 +87,9 @@ fn read_back(out: &[u8]) -> (Vec<u8>, bool) {
         let mut chunked = false;
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
-                length = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<usize>().ok());
+                length = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok());
             }
             if h.name.eq_ignore_ascii_case("transfer-encoding") && h.value == b"chunked" {
                 chunked = true;
@@ -103,7 +107,10 @@ fn read_back(out: &[u8]) -> (Vec<u8>, bool) {
                 let Some(line) = r.windows(2).position(|w| w == b"\r\n") else {
                     return (body, false);
                 };
-                let Some(size) = std::str::from_utf8(&r[..line]).ok().and_then(|s| usize::from_str_radix(s, 16).ok()) else {
+                let Some(size) = std::str::from_utf8(&r[..line])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s, 16).ok())
+                else {
                     return (body, false);
                 };
                 r = &r[line + 2..];
@@ -149,7 +156,11 @@ fuzz_target!(|input: Input| {
             failed = true;
             break;
         }
-        assert!(guard.buffered() <= MAX_HEAD, "head buffer {}", guard.buffered());
+        assert!(
+            guard.buffered() <= MAX_HEAD,
+            "head buffer {}",
+            guard.buffered()
+        );
         from = c;
     }
     let clean = !failed && guard.end(&mut out).is_ok();
@@ -158,12 +169,21 @@ fuzz_target!(|input: Input| {
     }
     let (delivered, complete) = read_back(&out);
     let real = &input.body;
-    assert!(real.starts_with(&delivered), "delivered body is not a prefix of the real one");
+    assert!(
+        real.starts_with(&delivered),
+        "delivered body is not a prefix of the real one"
+    );
     if clean && end == response.len() {
-        assert!(complete && delivered == *real, "a whole response read back short");
+        assert!(
+            complete && delivered == *real,
+            "a whole response read back short"
+        );
     }
     if clean && !close_delimited && !delivered.is_empty() {
         // A clean end with a framed body: it was all there.
-        assert!(complete && delivered == *real, "a cut body passed for complete");
+        assert!(
+            complete && delivered == *real,
+            "a cut body passed for complete"
+        );
     }
 });
