@@ -472,14 +472,14 @@ impl ChatTask {
                         // counts for the commit point).
                         let metrics = &self.shared.metrics;
                         for text in reasoning {
-                            let text = thinking.push(&text);
+                            let text = thinking.push(text);
                             if !text.is_empty() {
                                 p.committed = true;
                                 metrics.reasoning_deltas_total.inc();
                                 batch.push(EventKind::Reasoning { text, read_at });
                             }
                         }
-                        let text = content.map(|c| redactor.push(&c)).unwrap_or_default();
+                        let text = content.map(|c| redactor.push(c)).unwrap_or_default();
                         if !text.is_empty() {
                             p.committed = true;
                             batch.push(EventKind::Delta { text, read_at });

@@ -100,12 +100,20 @@ impl StreamRedactor {
     }
 
     /// The next fragment; returns what may be passed on now (maybe empty).
-    pub fn push(&mut self, fragment: &str) -> String {
+    /// A fragment that needs nothing done is handed back without a copy.
+    pub fn push(&mut self, fragment: impl Into<String>) -> String {
+        let fragment = fragment.into();
         let Some(key) = self.secret.as_deref() else {
-            return fragment.to_owned();
+            return fragment;
         };
+        if self.held.is_empty()
+            && !fragment.contains(key)
+            && longest_key_prefix_suffix(&fragment, key) == 0
+        {
+            return fragment;
+        }
         let mut text = std::mem::take(&mut self.held);
-        text.push_str(fragment);
+        text.push_str(&fragment);
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
         while let Some(i) = rest.find(key) {

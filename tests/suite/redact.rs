@@ -21,7 +21,7 @@ fn stream(key: &str, pieces: &[&str]) -> Vec<String> {
     let mut outs = Vec::new();
     let mut so_far = String::new();
     for p in pieces {
-        let out = r.push(p);
+        let out = r.push(*p);
         so_far.push_str(&out);
         assert!(
             want.starts_with(&so_far),
