@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_EACH="${FUZZ_SECONDS:-20}"
-TARGETS=(sse_split chunk_decode client_frame)
+TARGETS=(sse_split chunk_decode client_frame framing_guard)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
@@ -31,6 +31,7 @@ for t in "${TARGETS[@]}"; do
     grep -E "^#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb" "$log" || true
     if [ "$status" -ne 0 ]; then
         echo "fuzz target $t failed (exit $status):" >&2
+        grep -E -A3 "panicked at" "$log" >&2 || true
         tail -40 "$log" >&2
         ls -l "artifacts/$t" 2>/dev/null >&2 || true
         rm -f "$log"

@@ -4,7 +4,9 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use netfly::upstream::completion::{decode_event, decode_whole_body, error_message_from_body, Decoded};
+use netfly::upstream::completion::{
+    decode_event, decode_whole_body, error_message_from_body, Decoded,
+};
 use netfly::upstream::sse::Event;
 
 #[derive(Arbitrary, Debug)]
@@ -26,11 +28,14 @@ fuzz_target!(|input: Input| {
             content: Some(c), ..
         }) => assert!(!c.is_empty(), "content is never an empty string"),
         Ok(_) => {}
-        Err(e) => assert!(
-            e.message.chars().count() <= 500,
-            "error message too long: {}",
-            e.message.chars().count()
-        ),
+        Err(e) => {
+            let shown = e.message(None);
+            assert!(
+                shown.as_str().chars().count() <= 500,
+                "error message too long: {}",
+                shown.as_str().chars().count()
+            )
+        }
     }
     // The non-streamed paths read the same bytes.
     let _ = decode_whole_body(whole.as_bytes());

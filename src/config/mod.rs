@@ -92,6 +92,10 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Chats started per minute from one client address (0 = no limit).
     pub max_chats_per_minute_per_ip: u32,
+    /// Longest SSE line, and longest event data, read from an upstream.
+    pub max_upstream_event_bytes: usize,
+    /// Largest whole (non-streamed) body read from an upstream.
+    pub max_upstream_body_bytes: usize,
     /// Proxies whose `X-Forwarded-For` names the real client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub heartbeat_interval: Duration,
@@ -177,6 +181,12 @@ struct Flags {
     /// Chats per minute from one client address; 0 = no limit [env: NETFLY_MAX_CHATS_PER_MINUTE_PER_IP] [default: 0]
     #[arg(long)]
     max_chats_per_minute_per_ip: Option<String>,
+    /// Longest SSE line or event an upstream may send; longer ends the chat with upstream_broken [env: NETFLY_MAX_UPSTREAM_EVENT_BYTES] [default: 1048576]
+    #[arg(long)]
+    max_upstream_event_bytes: Option<String>,
+    /// Largest whole (non-streamed) answer body an upstream may send [env: NETFLY_MAX_UPSTREAM_BODY_BYTES] [default: 16777216]
+    #[arg(long)]
+    max_upstream_body_bytes: Option<String>,
     /// Comma-separated proxy IPs whose X-Forwarded-For is trusted for the client address [env: NETFLY_TRUSTED_PROXIES]
     #[arg(long)]
     trusted_proxies: Option<String>,
@@ -504,6 +514,22 @@ impl Config {
             "max-chats-per-minute-per-ip",
             lookup,
         ))?;
+        let max_upstream_event_bytes = int(
+            pick(
+                f.max_upstream_event_bytes,
+                "max-upstream-event-bytes",
+                lookup,
+            ),
+            1_048_576usize,
+            1024,
+            "expected a whole number of bytes ≥ 1024",
+        )?;
+        let max_upstream_body_bytes = int(
+            pick(f.max_upstream_body_bytes, "max-upstream-body-bytes", lookup),
+            16_777_216usize,
+            1024,
+            "expected a whole number of bytes ≥ 1024",
+        )?;
         let trusted_proxies = match pick(f.trusted_proxies, "trusted-proxies", lookup) {
             None => Vec::new(),
             Some(raw) => {
@@ -564,6 +590,8 @@ impl Config {
             max_image_bytes,
             max_connections_per_ip,
             max_chats_per_minute_per_ip,
+            max_upstream_event_bytes,
+            max_upstream_body_bytes,
             trusted_proxies,
             heartbeat_interval,
             client_timeout,

@@ -13,6 +13,8 @@ use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::Value;
 
 use super::completion::{self, Decoded, WholeBody};
+use super::framing;
+use super::redact::{StreamRedactor, UpstreamMessage};
 use super::retry::{self, AttemptError, Verdict};
 use super::sse;
 use super::target::Target;
@@ -24,8 +26,6 @@ use crate::shared::Shared;
 
 /// Largest error body read from a failed upstream answer.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Largest non-streamed (whole) body accepted from an upstream.
-const MAX_WHOLE_BODY: usize = 16 * 1024 * 1024;
 /// After `[DONE]`, how long the rest of the body may take to arrive so that
 /// the connection can go back to the pool instead of being closed.
 const DRAIN_AFTER_DONE: Duration = Duration::from_millis(500);
@@ -36,7 +36,7 @@ enum AttemptEnd {
         finish_reason: String,
         usage: Option<Value>,
         /// The rest of the body, to be drained for connection reuse.
-        rest: Option<awc::ClientResponse>,
+        rest: Option<Resp>,
     },
     Failed(AttemptError),
     /// The client is gone: stop without a terminal event.
@@ -104,7 +104,9 @@ impl Drop for OutcomeLine {
     }
 }
 
-type Resp = awc::ClientResponse;
+/// What awc's `send` resolves to: the body decoded per its
+/// `Content-Encoding` (gzip, deflate, br, zstd).
+type Resp = awc::ClientResponse<actix_http::encoding::Decoder<actix_http::Payload>>;
 
 /// Most events parsed from already-received chunks before they are forwarded.
 const MAX_BATCH: usize = 256;
@@ -208,14 +210,9 @@ impl ChatTask {
                     }
                 }
                 p.attempts += 1;
-                // Every upstream-supplied message is redacted here, once,
-                // before it can reach a frame or a log line.
-                let end = match self.attempt(target, client, body.clone(), p).await {
-                    AttemptEnd::Failed(e) => {
-                        AttemptEnd::Failed(e.redacted(target.api_key.as_deref()))
-                    }
-                    other => other,
-                };
+                // Every upstream-supplied message is already an
+                // `UpstreamMessage` (redacted, clipped) in `end`.
+                let end = self.attempt(target, client, body.clone(), p).await;
                 self.shared.metrics.attempt(attempt_result(&end));
                 match end {
                     AttemptEnd::Finished {
@@ -343,6 +340,9 @@ impl ChatTask {
         if !status.is_success() {
             return AttemptEnd::Failed(status_error(target, &mut resp).await);
         }
+        if let Some(problem) = unreadable_body(&resp) {
+            return AttemptEnd::Failed(AttemptError::UnusableBody(problem));
+        }
         let is_sse = match resp.headers().get(header::CONTENT_TYPE) {
             None => true,
             Some(v) => v
@@ -369,7 +369,12 @@ impl ChatTask {
     /// Reads the SSE body, forwarding every content fragment.
     async fn stream(&self, target: &Target, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
         let idle = target.policy.idle_timeout;
-        let mut parser = sse::Parser::new();
+        let mut parser = sse::Parser::with_limit(self.shared.config.max_upstream_event_bytes);
+        // The key is redacted in the answer and in the reasoning, each a
+        // text of its own.
+        let secret = target.api_key.as_deref();
+        let mut redactor = StreamRedactor::new(secret);
+        let mut thinking = StreamRedactor::new(secret);
         let mut events = Vec::new();
         let mut finish_reason: Option<String> = None;
         let mut usage: Option<Value> = None;
@@ -382,7 +387,7 @@ impl ChatTask {
             let bytes = match tokio::time::timeout(idle, resp.next()).await {
                 Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
                 Ok(None) => break,
-                Ok(Some(Err(e))) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
+                Ok(Some(Err(e))) => return AttemptEnd::Failed(payload_error(&e)),
                 Ok(Some(Ok(b))) => b,
             };
             let read_at = Instant::now();
@@ -390,12 +395,12 @@ impl ChatTask {
             // Upstreams send one HTTP chunk per event, and awc yields one
             // chunk per `next()`: take every chunk already received too, so
             // that a burst is forwarded as one batch (and one socket write).
-            let mut ended: Option<Result<(), String>> = None;
-            while events.len() < MAX_BATCH {
+            let mut ended: Option<Result<(), AttemptError>> = None;
+            while events.len() < MAX_BATCH && parser.overflow().is_none() {
                 match resp.next().now_or_never() {
                     Some(Some(Ok(more))) => parser.push(&more, &mut events),
                     Some(Some(Err(e))) => {
-                        ended = Some(Err(e.to_string()));
+                        ended = Some(Err(payload_error(&e)));
                         break;
                     }
                     Some(None) => {
@@ -412,6 +417,9 @@ impl ChatTask {
                     Ok(Decoded::Heartbeat) => {}
                     Ok(Decoded::Done) => {
                         batch.append(&mut held);
+                        // What the redactors still hold is the end of the
+                        // text: it goes out with the batch.
+                        flush_redacted(&mut thinking, &mut redactor, &mut batch, read_at, p);
                         if !self.sink.emit(&mut batch).await {
                             return AttemptEnd::ClientGone;
                         }
@@ -442,8 +450,13 @@ impl ChatTask {
                         if passthrough {
                             // The chunk as the client gets it; held until one
                             // carries something (the commit point), so that a
-                            // failed attempt shows nothing.
+                            // failed attempt shows nothing. The key is
+                            // redacted where a chunk holds it whole (the raw
+                            // chunk is not re-encoded, so a key split across
+                            // chunks is not seen here).
                             let data = model.replace(ev.data.trim(), self.call.model());
+                            let data = crate::error::redact(&data, secret);
+                            let content = content.map(|c| crate::error::redact(&c, secret));
                             held.push(EventKind::Chunk {
                                 data,
                                 content,
@@ -455,13 +468,19 @@ impl ChatTask {
                             }
                             continue;
                         }
+                        // Only what the redactors let through is sent (and
+                        // counts for the commit point).
                         let metrics = &self.shared.metrics;
                         for text in reasoning {
-                            p.committed = true;
-                            metrics.reasoning_deltas_total.inc();
-                            batch.push(EventKind::Reasoning { text, read_at });
+                            let text = thinking.push(text);
+                            if !text.is_empty() {
+                                p.committed = true;
+                                metrics.reasoning_deltas_total.inc();
+                                batch.push(EventKind::Reasoning { text, read_at });
+                            }
                         }
-                        if let Some(text) = content {
+                        let text = content.map(|c| redactor.push(c)).unwrap_or_default();
+                        if !text.is_empty() {
                             p.committed = true;
                             batch.push(EventKind::Delta { text, read_at });
                         }
@@ -470,21 +489,31 @@ impl ChatTask {
                         if !self.sink.emit(&mut batch).await {
                             return AttemptEnd::ClientGone;
                         }
-                        return AttemptEnd::Failed(AttemptError::StreamError(e.message));
+                        let message = e.message(target.api_key.as_deref());
+                        return AttemptEnd::Failed(AttemptError::StreamError(message));
                     }
                 }
             }
             if !self.sink.emit(&mut batch).await {
                 return AttemptEnd::ClientGone;
             }
+            if let Some(over) = parser.overflow() {
+                return AttemptEnd::Failed(AttemptError::TooLarge(format!(
+                    "{over} (--max-upstream-event-bytes)"
+                )));
+            }
             match ended {
                 None => {}
                 Some(Ok(())) => break,
-                Some(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e)),
+                Some(Err(e)) => return AttemptEnd::Failed(e),
             }
         }
         // An unterminated last event is dropped, as browsers do.
         parser.finish();
+        flush_redacted(&mut thinking, &mut redactor, &mut batch, Instant::now(), p);
+        if !batch.is_empty() && !self.sink.emit(&mut batch).await {
+            return AttemptEnd::ClientGone;
+        }
         if saw_chunk {
             if !held.is_empty() && !self.sink.emit(&mut held).await {
                 return AttemptEnd::ClientGone;
@@ -504,13 +533,22 @@ impl ChatTask {
     /// A 2xx answer that is not an event stream.
     async fn whole_body(&self, target: &Target, mut resp: Resp, p: &mut Progress) -> AttemptEnd {
         let idle = target.policy.idle_timeout;
-        let body = match tokio::time::timeout(idle, resp.body().limit(MAX_WHOLE_BODY)).await {
+        let limit = self.shared.config.max_upstream_body_bytes;
+        let secret = target.api_key.as_deref();
+        let body = match tokio::time::timeout(idle, resp.body().limit(limit)).await {
             Err(_) => return AttemptEnd::Failed(AttemptError::IdleTimeout(idle)),
-            Ok(Err(e)) => return AttemptEnd::Failed(AttemptError::Broken(e.to_string())),
+            Ok(Err(awc::error::PayloadError::Overflow)) => {
+                return AttemptEnd::Failed(AttemptError::TooLarge(format!(
+                    "a body over {limit} bytes (--max-upstream-body-bytes)"
+                )))
+            }
+            Ok(Err(e)) => return AttemptEnd::Failed(payload_error(&e)),
             Ok(Ok(b)) => b,
         };
         match completion::decode_whole_body(&body) {
-            WholeBody::Error { message } => AttemptEnd::Failed(AttemptError::RejectedBody(message)),
+            WholeBody::Error { message } => AttemptEnd::Failed(AttemptError::RejectedBody(
+                UpstreamMessage::new(&message, secret),
+            )),
             WholeBody::Other(what) => AttemptEnd::Failed(AttemptError::UnusableBody(what)),
             WholeBody::Completion {
                 content,
@@ -539,6 +577,7 @@ impl ChatTask {
                         }
                         _ => String::from_utf8_lossy(&body).into_owned(),
                     };
+                    let body = crate::error::redact(&body, secret);
                     p.committed = true;
                     if !self.emit(EventKind::Whole { body }).await {
                         return AttemptEnd::ClientGone;
@@ -549,6 +588,7 @@ impl ChatTask {
                         rest: None,
                     };
                 }
+                let content = crate::error::redact(&content, secret);
                 if !content.is_empty() {
                     p.committed = true;
                     let delta = EventKind::Delta {
@@ -578,12 +618,30 @@ async fn status_error(target: &Target, resp: &mut Resp) -> AttemptError {
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(retry::parse_retry_after);
+    let secret = target.api_key.as_deref();
+    if resp.status().is_redirection() {
+        // Not followed (the client has redirects disabled): say where it
+        // pointed, so the operator can fix the URL.
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let raw = match location {
+            Some(l) => format!("redirect to {l} not followed: check the upstream URL"),
+            None => String::new(),
+        };
+        return AttemptError::Status {
+            status,
+            message: UpstreamMessage::new(&raw, secret),
+            retry_after,
+        };
+    }
     let idle = target.policy.idle_timeout;
     let body = match tokio::time::timeout(idle, resp.body().limit(MAX_ERROR_BODY)).await {
         Ok(Ok(b)) => b,
         _ => Bytes::new(),
     };
-    let message = completion::error_message_from_body(&body);
+    let message = UpstreamMessage::new(&completion::error_message_from_body(&body), secret);
     AttemptError::Status {
         status,
         message,
@@ -613,6 +671,7 @@ fn attempt_result(end: &AttemptEnd) -> &'static str {
             AttemptError::Status { .. } => "http_4xx",
             AttemptError::StreamError(_) | AttemptError::RejectedBody(_) => "upstream_error",
             AttemptError::Broken(_) | AttemptError::UnusableBody(_) => "broken",
+            AttemptError::TooLarge(_) => "too_large",
         },
     }
 }
@@ -630,6 +689,69 @@ fn connect_reason(e: &awc::error::ConnectError) -> String {
         C::Resolver(r) => format!("DNS lookup failed: {r}"),
         other => other.to_string(),
     }
+}
+
+/// The end of the answer: what the redactors still hold (a proper prefix
+/// of the key at most) goes out, reasoning first.
+fn flush_redacted(
+    thinking: &mut StreamRedactor,
+    redactor: &mut StreamRedactor,
+    batch: &mut Vec<EventKind>,
+    read_at: Instant,
+    p: &mut Progress,
+) {
+    let reasoning = thinking.finish();
+    if !reasoning.is_empty() {
+        p.committed = true;
+        batch.push(EventKind::Reasoning {
+            text: reasoning,
+            read_at,
+        });
+    }
+    let text = redactor.finish();
+    if !text.is_empty() {
+        p.committed = true;
+        p.deltas += 1;
+        batch.push(EventKind::Delta { text, read_at });
+    }
+}
+
+/// Why a body read failed, in words: the I/O error itself when there is
+/// one (e.g. the framing guard's "upstream closed the connection before the
+/// end of the body"), not awc's wrapping of it.
+fn payload_error(e: &awc::error::PayloadError) -> AttemptError {
+    use awc::error::PayloadError as P;
+    let reason = match e {
+        P::Incomplete(Some(io)) | P::Io(io) => io.to_string(),
+        P::Incomplete(None) => framing::CUT_BODY.to_string(),
+        other => other.to_string(),
+    };
+    AttemptError::Broken(reason)
+}
+
+/// A 2xx answer whose body the gateway cannot read, and why: a content
+/// coding awc does not decode, or an HTTP/1.1 body framed by the close of
+/// a TLS connection (awc reads it as empty; see [`framing::awc_reads_no_body`]).
+fn unreadable_body(resp: &Resp) -> Option<String> {
+    if let Some(coding) = resp.headers().get(header::CONTENT_ENCODING) {
+        let coding = String::from_utf8_lossy(coding.as_bytes())
+            .trim()
+            .to_ascii_lowercase();
+        if !framing::DECODED_CODINGS.contains(&coding.as_str()) {
+            return Some(format!(
+                "content-encoding `{}` is not supported (gzip, deflate, br and zstd are)",
+                crate::upstream::redact::clip(&coding, 40)
+            ));
+        }
+    }
+    if framing::awc_reads_no_body(resp.version(), resp.status(), resp.headers()) {
+        return Some(
+            "an HTTP/1.1 body with neither Content-Length nor chunked coding over TLS, \
+             which cannot be read to its end (see the README: upstream framing)"
+                .to_string(),
+        );
+    }
+    None
 }
 
 /// Reads what is left of a finished body (bounded in time and size) so the

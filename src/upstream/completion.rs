@@ -6,6 +6,10 @@
 //! field it reads tolerates a wrong type (read as absent) and unknown fields
 //! are skipped. [`decode_whole_body`] and [`error_message_from_body`] handle
 //! the rarer non-streamed answers and error bodies.
+//!
+//! Messages come back raw (whole, neither redacted nor clipped): the chat
+//! task turns each into an [`UpstreamMessage`], which redacts the API key
+//! first and clips after.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -15,12 +19,8 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde::Deserialize as DeriveDeserialize;
 use serde_json::{Map, Value};
 
+use crate::upstream::redact::UpstreamMessage;
 use crate::upstream::sse::Event;
-
-/// Longest upstream message passed on, in chars (including the "…").
-const MAX_MESSAGE_CHARS: usize = 500;
-/// How much of an invalid stream payload an error quotes, in chars (then "…").
-const SNIPPET_CHARS: usize = 100;
 
 /// What one SSE event meant.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,13 +54,44 @@ pub enum Decoded {
 /// The upstream reported an error inside the stream, or sent something that is not a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamError {
-    /// Human-readable, at most 500 chars; the upstream's own message when it gave one.
-    pub message: String,
+    /// What was wrong, in the gateway's words, when `text` is a payload
+    /// being quoted ("invalid JSON in stream"); `None` when `text` is the
+    /// upstream's own message.
+    pub what: Option<String>,
+    /// The upstream's message, or the offending payload: raw, whole.
+    pub text: String,
+}
+
+impl StreamError {
+    /// An error carrying the upstream's own message.
+    pub fn upstream(text: impl Into<String>) -> Self {
+        StreamError {
+            what: None,
+            text: text.into(),
+        }
+    }
+
+    /// An error quoting an offending payload.
+    pub fn quoting(what: impl Into<String>, text: &str) -> Self {
+        StreamError {
+            what: Some(what.into()),
+            text: text.to_owned(),
+        }
+    }
+
+    /// The message to show, with `secret` redacted: the upstream's message
+    /// (at most 500 chars) or `what: <quote of at most 100 chars>`.
+    pub fn message(&self, secret: Option<&str>) -> UpstreamMessage {
+        match &self.what {
+            None => UpstreamMessage::new(&self.text, secret),
+            Some(what) => UpstreamMessage::quoting(what, &self.text, secret),
+        }
+    }
 }
 
 impl fmt::Display for StreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        fmt::Display::fmt(&self.message(None), f)
     }
 }
 
@@ -101,18 +132,14 @@ pub fn decode_event(ev: &Event) -> Result<Decoded, StreamError> {
 /// derived structs refuse (e.g. a duplicated key); read it through a `Value`.
 #[cold]
 fn slow_path(text: &str) -> Result<Decoded, StreamError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| {
-        stream_error(format!(
-            "invalid JSON in stream: {}",
-            clip(text, SNIPPET_CHARS + 1)
-        ))
-    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|_| StreamError::quoting("invalid JSON in stream", text))?;
     match Loose::<WireChunk<'_>>::deserialize(&value) {
         Ok(wire) => chunk_from_wire(wire, text),
-        Err(e) => Err(stream_error(format!(
-            "unreadable chunk ({e}): {}",
-            clip(text, SNIPPET_CHARS + 1)
-        ))),
+        Err(e) => Err(StreamError::quoting(
+            format!("unreadable chunk ({e})"),
+            text,
+        )),
     }
 }
 
@@ -123,10 +150,10 @@ fn nonempty(s: Option<Cow<'_, str>>) -> Option<Cow<'_, str>> {
 
 fn chunk_from_wire(wire: Loose<WireChunk<'_>>, text: &str) -> Result<Decoded, StreamError> {
     let Some(chunk) = wire.0 else {
-        return Err(stream_error(format!(
-            "expected a JSON object in stream, got: {}",
-            clip(text, SNIPPET_CHARS + 1)
-        )));
+        return Err(StreamError::quoting(
+            "expected a JSON object in stream, got",
+            text,
+        ));
     };
     if chunk.error.0 || chunk.object.0.as_deref() == Some("error") {
         return Err(error_from_text(
@@ -239,7 +266,8 @@ pub enum WholeBody {
         finish_reason: Option<String>,
         usage: Option<Value>,
     },
-    /// a JSON error object ({"error":{...}}, {"error":"..."}, {"object":"error","message":..}, {"message":..,"code"..} style)
+    /// a JSON error object ({"error":{...}}, {"error":"..."}, {"object":"error","message":..}, {"message":..,"code"..} style);
+    /// `message` is raw (see [`UpstreamMessage`])
     Error { message: String },
     /// anything else; the string says briefly what it was (e.g. "non-JSON body of 123 bytes")
     Other(String),
@@ -270,9 +298,7 @@ pub fn decode_whole_body(body: &[u8]) -> WholeBody {
     };
     if is_error_object(map) {
         let message = extract_message(&value).unwrap_or_else(|| value.to_string());
-        return WholeBody::Error {
-            message: clip(&message, MAX_MESSAGE_CHARS),
-        };
+        return WholeBody::Error { message };
     }
     let Some(choice) = map
         .get("choices")
@@ -298,7 +324,7 @@ pub fn decode_whole_body(body: &[u8]) -> WholeBody {
     }
 }
 
-/// For an error status (4xx/5xx) body: the upstream's human message (error.message, error as string, message, detail, ...) or, if not JSON, the trimmed text; at most 500 chars (cut on a char boundary, add "…"); empty body -> "".
+/// For an error status (4xx/5xx) body: the upstream's human message (error.message, error as string, message, detail, ...) or, if not JSON, the trimmed text; raw, whole (see [`UpstreamMessage`]); empty body -> "".
 ///
 /// A JSON body with no recognizable message is returned as its trimmed text.
 /// Invalid UTF-8 is replaced with U+FFFD.
@@ -311,26 +337,22 @@ pub fn error_message_from_body(body: &[u8]) -> String {
     let message = serde_json::from_str::<Value>(text)
         .ok()
         .and_then(|v| extract_message(&v));
-    clip(message.as_deref().unwrap_or(text), MAX_MESSAGE_CHARS)
+    message.unwrap_or_else(|| text.to_owned())
 }
 
 // ---- error messages -------------------------------------------------------
-
-fn stream_error(message: String) -> StreamError {
-    StreamError { message }
-}
 
 /// The message carried by an error payload: the JSON's message when there is
 /// one, else the raw (trimmed) text, else `fallback`.
 fn error_from_text(raw: &str, fallback: &str) -> StreamError {
     let raw = raw.trim();
     if raw.is_empty() {
-        return stream_error(fallback.to_owned());
+        return StreamError::upstream(fallback);
     }
     let message = serde_json::from_str::<Value>(raw)
         .ok()
         .and_then(|v| extract_message(&v));
-    stream_error(clip(message.as_deref().unwrap_or(raw), MAX_MESSAGE_CHARS))
+    StreamError::upstream(message.unwrap_or_else(|| raw.to_owned()))
 }
 
 /// Finds a human message in the usual error shapes: `{"error":{"message":..}}`,
@@ -390,18 +412,6 @@ fn kind(v: &Value) -> &'static str {
 
 fn strip_bom(body: &[u8]) -> &[u8] {
     body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
-}
-
-/// `s` if it has at most `max` chars, else its first `max - 1` chars and "…".
-fn clip(s: &str, max: usize) -> String {
-    let mut starts = s.char_indices().map(|(i, _)| i);
-    let Some(cut) = starts.nth(max.saturating_sub(1)) else {
-        return s.to_owned();
-    };
-    if starts.next().is_none() {
-        return s.to_owned(); // exactly `max` chars
-    }
-    format!("{}…", &s[..cut])
 }
 
 // ---- lenient wire shapes --------------------------------------------------

@@ -9,7 +9,9 @@
 //! response and with it the upstream connection.
 
 pub mod completion;
+pub mod framing;
 pub mod proxy;
+pub mod redact;
 pub mod retry;
 pub mod sse;
 pub mod target;

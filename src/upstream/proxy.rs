@@ -1,5 +1,6 @@
-//! Outbound HTTP proxy support for upstream requests (`--proxy`, per-provider
-//! `proxy`, `NO_PROXY`-style exclusions).
+//! Upstream connections: the TCP step of awc's connector, with outbound
+//! HTTP proxy support (`--proxy`, per-provider `proxy`, `NO_PROXY`-style
+//! exclusions) and the framing guard on every plain-HTTP connection.
 //!
 //! awc has no proxy support of its own, but it lets the TCP step be
 //! replaced: [`ProxyConnector`] is a drop-in for
@@ -12,13 +13,19 @@
 //! - **`https`/`ws`/`wss` through the proxy**: connect to the proxy, send
 //!   `CONNECT host:port`, require a 2xx answer, and hand the tunnel to awc,
 //!   which then does TLS (and HTTP/2 if negotiated) end to end;
-//! - **`http` through the proxy**: connect to the proxy and return a stream
-//!   that rewrites every request head awc writes from origin-form
+//! - **`http` through the proxy**: connect to the proxy; the connection
+//!   carries one request, whose head is rewritten from origin-form
 //!   (`POST /v1/chat/completions HTTP/1.1`) to absolute-form
-//!   (`POST http://host:port/v1/chat/completions HTTP/1.1`) and adds
-//!   `Proxy-Authorization` when the proxy URL has credentials. The writer
-//!   follows HTTP/1.1 message framing (`Content-Length`, chunked), so a
-//!   kept-alive connection carrying several requests is rewritten correctly.
+//!   (`POST http://host:port/v1/chat/completions HTTP/1.1`) with
+//!   `Proxy-Authorization` added when the proxy URL has credentials; the
+//!   bytes after the head pass untouched, and the response is marked
+//!   `connection: close` so that awc never sends a second request on it.
+//!
+//! Every plain-HTTP connection (direct or through the proxy) reads its
+//! responses through [`ResponseFraming`], which makes awc read
+//! close-delimited bodies to the close and report a body cut before its
+//! end as an error (see `framing.rs`). Over TLS the guard cannot see HTTP:
+//! awc does TLS above this connector.
 //!
 //! All connections get TCP_NODELAY. The proxy itself is always plain HTTP.
 
@@ -35,9 +42,13 @@ use actix_rt::net::{ActixStream, Ready};
 use actix_service::Service;
 use actix_tls::connect::{ConnectError, ConnectInfo, Connection, ConnectorService};
 use awc::http::Uri;
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use futures_util::future::LocalBoxFuture;
+use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
+
+use super::framing::ResponseFraming;
 
 /// Longest a proxy may take to answer `CONNECT` (awc's connect timeout,
 /// which covers the whole connector call, is normally shorter).
@@ -132,7 +143,7 @@ impl ProxySpec {
         }
         let authorization = user.as_ref().map(|u| {
             let pair = format!("{u}:{}", password.as_deref().unwrap_or(""));
-            format!("Basic {}", base64(pair.as_bytes()))
+            format!("Basic {}", BASE64.encode(pair.as_bytes()))
         });
         let no_proxy = match no_proxy {
             Some(list) => NoProxy::parse(list)?,
@@ -223,10 +234,7 @@ enum Exclusion {
         addr: IpAddr,
         port: Option<u16>,
     },
-    Net {
-        addr: IpAddr,
-        prefix: u8,
-    },
+    Net(IpNet),
 }
 
 impl NoProxy {
@@ -243,19 +251,12 @@ impl NoProxy {
                 out.everything = true;
                 continue;
             }
-            if let Some((net, bits)) = entry.split_once('/') {
-                let addr: IpAddr = net
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
+            if entry.contains('/') {
+                let net: IpNet = entry
+                    .replace(['[', ']'], "")
                     .parse()
-                    .map_err(|_| fail("not an IP network"))?;
-                let max = if addr.is_ipv4() { 32 } else { 128 };
-                let prefix: u8 = bits
-                    .parse()
-                    .ok()
-                    .filter(|p| *p <= max)
-                    .ok_or_else(|| fail("bad prefix length"))?;
-                out.entries.push(Exclusion::Net { addr, prefix });
+                    .map_err(|_| fail("not an IP network with a valid prefix length"))?;
+                out.entries.push(Exclusion::Net(net));
                 continue;
             }
             // A bare IPv6 literal has several colons and no port.
@@ -298,33 +299,13 @@ impl NoProxy {
                             && host.as_bytes()[host.len() - name.len() - 1] == b'.'))
             }
             Exclusion::Ip { addr, port: p } => ip == Some(*addr) && p.map_or(true, |p| p == port),
-            Exclusion::Net { addr, prefix } => ip.is_some_and(|ip| in_network(ip, *addr, *prefix)),
+            Exclusion::Net(net) => ip.is_some_and(|ip| net.contains(&ip)),
         })
     }
 
     /// Whether the list excludes nothing.
     pub fn is_empty(&self) -> bool {
         !self.everything && self.entries.is_empty()
-    }
-}
-
-fn in_network(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
-        let prefix = u32::from(prefix);
-        if prefix == 0 {
-            0
-        } else {
-            bits >> (width - prefix)
-        }
-    }
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            masked(u32::from(a).into(), 32, prefix) == masked(u32::from(b).into(), 32, prefix)
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            masked(u128::from(a), 128, prefix) == masked(u128::from(b), 128, prefix)
-        }
-        _ => false,
     }
 }
 
@@ -405,50 +386,27 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Percent-decodes a user name or password; every `%` must start an
+/// escape (the decoder would pass a stray one through).
 fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| "bad percent-escape".to_string())?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+    let b = s.as_bytes();
+    let escapes_ok = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_ok {
+        return Err("bad percent-escape".to_string());
     }
-    String::from_utf8(out).map_err(|_| "not UTF-8 after percent-decoding".to_string())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .map_err(|_| "not UTF-8 after percent-decoding".to_string())
 }
 
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Whether a request to `uri` goes through a `CONNECT` tunnel (everything
-/// but plain `http`).
+/// Whether a request to `uri` goes through a `CONNECT` tunnel when
+/// proxied, and speaks TLS (or WebSocket framing) over the connection:
+/// everything but plain `http`.
 fn tunnels(uri: &Uri) -> bool {
     !matches!(uri.scheme_str(), Some("http") | None)
 }
@@ -509,7 +467,12 @@ impl Service<ConnectInfo<Uri>> for ProxyConnector {
                     let conn = tcp.call(req).await?;
                     let (io, uri) = conn.into_parts();
                     let _ = io.set_nodelay(true);
-                    Ok(Connection::new(uri, ProxyStream::direct(io)))
+                    let stream = if tunnels(&uri) {
+                        ProxyStream::direct(io)
+                    } else {
+                        ProxyStream::plain(io)
+                    };
+                    Ok(Connection::new(uri, stream))
                 }
                 Some(proxy) => {
                     let uri = req.request().clone();
@@ -645,67 +608,77 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------
 
 /// A connection made by [`ProxyConnector`]: direct, a `CONNECT` tunnel, or
-/// a plain-HTTP proxy connection whose request heads are rewritten to
-/// absolute-form. Generic over the transport for tests.
+/// a plain-HTTP proxy connection whose first request head is rewritten to
+/// absolute-form. Every plain-HTTP connection (direct or through the proxy)
+/// reads its responses through the framing guard
+/// ([`super::framing::ResponseFraming`]); TLS connections (direct `https`
+/// and tunnels) cannot be read by it and pass bytes untouched. Generic over
+/// the transport for tests.
 pub struct ProxyStream<IO = TcpStream> {
     io: IO,
     /// Bytes read past the `CONNECT` answer, served first.
     prefix: VecDeque<u8>,
-    rewrite: Option<Box<AbsoluteForm>>,
-    /// A response head being collected, to be marked `connection: close`.
-    response: Option<Vec<u8>>,
+    /// The absolute-form rewrite of the request head, until it is written.
+    request: Option<Box<AbsoluteForm>>,
+    /// The framing guard of a plain-HTTP connection.
+    guard: Option<Box<Guard>>,
     mode: &'static str,
 }
 
 impl<IO> ProxyStream<IO> {
-    /// A direct connection.
-    pub fn direct(io: IO) -> Self {
+    fn new(io: IO, mode: &'static str) -> Self {
         ProxyStream {
             io,
             prefix: VecDeque::new(),
-            rewrite: None,
-            response: None,
-            mode: "direct",
+            request: None,
+            guard: None,
+            mode,
         }
+    }
+
+    /// A direct connection whose bytes pass untouched (TLS is spoken over
+    /// it).
+    pub fn direct(io: IO) -> Self {
+        Self::new(io, "direct")
+    }
+
+    /// A direct plain-HTTP connection: responses are read through the
+    /// framing guard.
+    pub fn plain(io: IO) -> Self {
+        let mut s = Self::new(io, "plain");
+        s.guard = Some(Box::new(Guard::new(false)));
+        s
     }
 
     /// A `CONNECT` tunnel; `leftover`: bytes the proxy sent after its answer.
     pub fn tunnel(io: IO, leftover: Vec<u8>) -> Self {
-        ProxyStream {
-            io,
-            prefix: leftover.into(),
-            rewrite: None,
-            response: None,
-            mode: "tunnel",
-        }
+        let mut s = Self::new(io, "tunnel");
+        s.prefix = leftover.into();
+        s
     }
 
-    /// A plain-HTTP proxy connection: every origin-form request target
-    /// written is prefixed with `origin` (`http://host:port`), and
-    /// `authorization` (a `Proxy-Authorization` value) is added to every
-    /// request head that lacks one.
-    ///
-    /// The connection carries one request: the first final response head
-    /// read is marked `connection: close` (its own `Connection` and
-    /// `Keep-Alive` headers removed), so awc never reuses it. Some proxies
-    /// (tinyproxy) only parse the first request of a connection and relay
-    /// the rest raw to the origin, which would send a second request there
-    /// with the proxy credentials.
+    /// A plain-HTTP proxy connection, carrying one request: its head's
+    /// origin-form target is prefixed with `origin` (`http://host:port`)
+    /// and `authorization` (a `Proxy-Authorization` value) is added when
+    /// the head lacks one; everything written after the head passes
+    /// untouched. The response is read through the framing guard, and its
+    /// final head is marked `connection: close` (its own `Connection` and
+    /// `Keep-Alive` headers removed), so awc never reuses the connection:
+    /// some proxies (tinyproxy) parse only the first request of a
+    /// connection and relay the rest raw to the origin, which would send a
+    /// second request there with the proxy credentials.
     pub fn absolute_form(io: IO, origin: String, authorization: Option<String>) -> Self {
-        ProxyStream {
-            io,
-            prefix: VecDeque::new(),
-            rewrite: Some(Box::new(AbsoluteForm {
-                origin,
-                authorization,
-                state: Framing::Head,
-                head: Vec::new(),
-                out: Vec::new(),
-                out_pos: 0,
-            })),
-            response: Some(Vec::new()),
-            mode: "absolute-form",
-        }
+        let mut s = Self::new(io, "absolute-form");
+        s.request = Some(Box::new(AbsoluteForm {
+            origin,
+            authorization,
+            head: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            written: false,
+        }));
+        s.guard = Some(Box::new(Guard::new(true)));
+        s
     }
 
     /// The transport.
@@ -723,6 +696,75 @@ impl<IO: fmt::Debug> fmt::Debug for ProxyStream<IO> {
     }
 }
 
+/// The read side of a plain-HTTP connection: the framing machine and what
+/// it produced that the reader has not taken yet.
+struct Guard {
+    framing: ResponseFraming,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// The transport reached EOF (or failed); nothing more is read from it.
+    done: bool,
+}
+
+impl Guard {
+    fn new(close_each: bool) -> Self {
+        Guard {
+            framing: ResponseFraming::new(close_each),
+            out: Vec::new(),
+            out_pos: 0,
+            done: false,
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.out_pos < self.out.len()
+    }
+
+    /// Reads from `io` through the framing machine into `buf`.
+    fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.pending() {
+                let n = (self.out.len() - self.out_pos).min(buf.remaining());
+                buf.put_slice(&self.out[self.out_pos..self.out_pos + n]);
+                self.out_pos += n;
+                if !self.pending() {
+                    self.out.clear();
+                    self.out_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.done || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let want = buf.remaining().min(READ_CHUNK);
+            let mut chunk_buf = ReadBuf::new(&mut chunk[..want]);
+            std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk_buf))?;
+            let got = chunk_buf.filled();
+            let fed = if got.is_empty() {
+                self.done = true;
+                self.framing.end(&mut self.out)
+            } else {
+                self.framing.feed(got, &mut self.out)
+            };
+            if let Err(e) = fed {
+                self.done = true;
+                self.out.clear();
+                self.out_pos = 0;
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+}
+
+/// Most bytes the guard reads from the transport at once.
+const READ_CHUNK: usize = 16 * 1024;
+
 impl<IO: AsyncRead + Unpin> AsyncRead for ProxyStream<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -730,96 +772,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for ProxyStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if !this.prefix.is_empty() {
-                let n = this.prefix.len().min(buf.remaining());
-                let (a, b) = this.prefix.as_slices();
-                let from_a = n.min(a.len());
-                buf.put_slice(&a[..from_a]);
-                buf.put_slice(&b[..n - from_a]);
-                this.prefix.drain(..n);
-                return Poll::Ready(Ok(()));
-            }
-            let Some(head) = this.response.as_mut() else {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
-            };
-            let mut chunk = [0u8; 4096];
-            let mut chunk_buf = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.io).poll_read(cx, &mut chunk_buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            let got = chunk_buf.filled();
-            if got.is_empty() {
-                // EOF inside a head: hand over what there is; awc reports it.
-                this.prefix.extend(head.drain(..));
-                this.response = None;
-                if this.prefix.is_empty() {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            head.extend_from_slice(got);
-            match close_response_heads(head, &mut this.prefix) {
-                Ok(true) => {
-                    this.prefix.extend(head.drain(..));
-                    this.response = None;
-                }
-                Ok(false) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            let (a, b) = this.prefix.as_slices();
+            let from_a = n.min(a.len());
+            buf.put_slice(&a[..from_a]);
+            buf.put_slice(&b[..n - from_a]);
+            this.prefix.drain(..n);
+            return Poll::Ready(Ok(()));
         }
-    }
-}
-
-/// Moves every complete response head at the start of `held` to `out`:
-/// interim (1xx) heads as they are, the final head with its `Connection`,
-/// `Keep-Alive` and `Proxy-Connection` headers replaced by
-/// `connection: close`. Returns whether the final head was seen (or a 101,
-/// after which the bytes are not HTTP).
-fn close_response_heads(held: &mut Vec<u8>, out: &mut VecDeque<u8>) -> io::Result<bool> {
-    loop {
-        let Some(end) = find(held, b"\r\n\r\n").map(|i| i + 4) else {
-            if held.len() > MAX_REQUEST_HEAD {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("response head over {MAX_REQUEST_HEAD} bytes"),
-                ));
-            }
-            return Ok(false);
-        };
-        let head: Vec<u8> = held.drain(..end).collect();
-        let line_end = find(&head, b"\r\n").unwrap_or(head.len());
-        let status = std::str::from_utf8(&head[..line_end])
-            .ok()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse::<u16>().ok());
-        match status {
-            Some(code) if (100..200).contains(&code) => {
-                out.extend(head);
-                if code == 101 {
-                    return Ok(true);
-                }
-            }
-            _ => {
-                out.extend(&head[..line_end + 2]);
-                for line in head[line_end + 2..head.len() - 2].split_inclusive(|b| *b == b'\n') {
-                    let name = line.iter().position(|b| *b == b':').map(|c| {
-                        String::from_utf8_lossy(&line[..c])
-                            .trim()
-                            .to_ascii_lowercase()
-                    });
-                    if !matches!(
-                        name.as_deref(),
-                        Some("connection" | "keep-alive" | "proxy-connection")
-                    ) {
-                        out.extend(line);
-                    }
-                }
-                out.extend(b"connection: close\r\n\r\n");
-                return Ok(true);
-            }
+        match this.guard.as_mut() {
+            Some(guard) => guard.poll_read(&mut this.io, cx, buf),
+            None => Pin::new(&mut this.io).poll_read(cx, buf),
         }
     }
 }
@@ -831,16 +795,22 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ProxyStream<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match this.rewrite.as_mut() {
-            None => Pin::new(&mut this.io).poll_write(cx, buf),
-            Some(rw) => rw.poll_write(&mut this.io, cx, buf),
+        let written = match this.request.as_mut() {
+            Some(rw) if !rw.written => rw.poll_write(&mut this.io, cx, buf),
+            _ => Pin::new(&mut this.io).poll_write(cx, buf),
+        };
+        if let (Poll::Ready(Ok(n)), Some(guard)) = (&written, this.guard.as_mut()) {
+            if *n > 0 {
+                guard.framing.request_sent();
+            }
         }
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(rw) = this.rewrite.as_mut() {
-            // Rewritten bytes still buffered go out first.
+        if let Some(rw) = this.request.as_mut() {
+            // A rewritten head still buffered goes out first.
             std::task::ready!(rw.poll_drain(&mut this.io, cx))?;
         }
         Pin::new(&mut this.io).poll_flush(cx)
@@ -848,8 +818,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ProxyStream<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(rw) = this.rewrite.as_mut() {
-            // Rewritten bytes still buffered go out first.
+        if let Some(rw) = this.request.as_mut() {
+            // A rewritten head still buffered goes out first.
             std::task::ready!(rw.poll_drain(&mut this.io, cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)
@@ -858,7 +828,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ProxyStream<IO> {
 
 impl<IO: ActixStream> ActixStream for ProxyStream<IO> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<Ready>> {
-        if !self.prefix.is_empty() {
+        let guard_has_more = self.guard.as_ref().is_some_and(|g| g.pending() || g.done);
+        if !self.prefix.is_empty() || guard_has_more {
             return Poll::Ready(Ok(Ready::READABLE));
         }
         self.io.poll_read_ready(cx)
@@ -869,234 +840,78 @@ impl<IO: ActixStream> ActixStream for ProxyStream<IO> {
     }
 }
 
-/// Where the absolute-form writer is in the current request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// Collecting a request head.
-    Head,
-    /// A `Content-Length` body with this many bytes left.
-    Body(u64),
-    /// A chunked body.
-    Chunked(Chunk),
-    /// After an upgrade / CONNECT: bytes pass through untouched.
-    Raw,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size { value: u64, digits: bool },
-    Ext { value: u64 },
-    SizeLf { value: u64 },
-    Data(u64),
-    DataCr,
-    DataLf,
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    FinalLf,
-}
-
-impl Framing {
-    /// Advances over `data`, which belongs to the current body; returns how
-    /// many leading bytes of `data` belong to it (the state is `Head` when
-    /// the body ended there).
-    fn advance(&mut self, data: &[u8]) -> io::Result<usize> {
-        let mut i = 0;
-        while i < data.len() {
-            match self {
-                Framing::Head => return Ok(i),
-                Framing::Raw => return Ok(data.len()),
-                Framing::Body(left) => {
-                    let take = (data.len() - i).min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    i += take;
-                    *left -= take as u64;
-                    if *left == 0 {
-                        *self = Framing::Head;
-                    }
-                }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    let take = (data.len() - i).min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    i += take;
-                    *left -= take as u64;
-                    if *left == 0 {
-                        *self = Framing::Chunked(Chunk::DataCr);
-                    }
-                }
-                Framing::Chunked(c) => {
-                    let b = data[i];
-                    i += 1;
-                    let bad =
-                        || io::Error::new(io::ErrorKind::InvalidData, "malformed chunked body");
-                    *self = match *c {
-                        Chunk::Size { value, digits } => match b {
-                            b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                                let d = u64::from((b as char).to_digit(16).unwrap_or(0));
-                                let value = value
-                                    .checked_mul(16)
-                                    .and_then(|v| v.checked_add(d))
-                                    .ok_or_else(bad)?;
-                                Framing::Chunked(Chunk::Size {
-                                    value,
-                                    digits: true,
-                                })
-                            }
-                            b';' | b' ' | b'\t' if digits => Framing::Chunked(Chunk::Ext { value }),
-                            b'\r' if digits => Framing::Chunked(Chunk::SizeLf { value }),
-                            _ => return Err(bad()),
-                        },
-                        Chunk::Ext { value } => match b {
-                            b'\r' => Framing::Chunked(Chunk::SizeLf { value }),
-                            _ => Framing::Chunked(Chunk::Ext { value }),
-                        },
-                        Chunk::SizeLf { value } => match (b, value) {
-                            (b'\n', 0) => Framing::Chunked(Chunk::TrailerStart),
-                            (b'\n', n) => Framing::Chunked(Chunk::Data(n)),
-                            _ => return Err(bad()),
-                        },
-                        Chunk::DataCr if b == b'\r' => Framing::Chunked(Chunk::DataLf),
-                        Chunk::DataLf if b == b'\n' => Framing::Chunked(Chunk::Size {
-                            value: 0,
-                            digits: false,
-                        }),
-                        Chunk::TrailerStart if b == b'\r' => Framing::Chunked(Chunk::FinalLf),
-                        Chunk::TrailerStart | Chunk::TrailerLine => match b {
-                            b'\r' => Framing::Chunked(Chunk::TrailerLf),
-                            _ => Framing::Chunked(Chunk::TrailerLine),
-                        },
-                        Chunk::TrailerLf if b == b'\n' => Framing::Chunked(Chunk::TrailerStart),
-                        Chunk::FinalLf if b == b'\n' => Framing::Head,
-                        _ => return Err(bad()),
-                    };
-                }
-            }
-        }
-        Ok(i)
-    }
-}
-
-/// The write side of an absolute-form connection.
+/// The write side of an absolute-form connection: collects the request
+/// head, writes it rewritten, then gets out of the way.
 struct AbsoluteForm {
     origin: String,
     authorization: Option<String>,
-    state: Framing,
     /// The request head being collected.
     head: Vec<u8>,
-    /// A rewritten head not yet written to the transport.
+    /// The rewritten head not yet written to the transport.
     out: Vec<u8>,
     out_pos: usize,
+    /// The head has been rewritten; later bytes pass untouched.
+    written: bool,
 }
 
 impl AbsoluteForm {
-    fn pending(&self) -> bool {
-        self.out_pos < self.out.len()
-    }
-
     /// Writes the pending rewritten head to `io`.
     fn poll_drain<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while self.pending() {
-            match Pin::new(&mut *io).poll_write(cx, &self.out[self.out_pos..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => self.out_pos += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        while self.out_pos < self.out.len() {
+            match std::task::ready!(Pin::new(&mut *io).poll_write(cx, &self.out[self.out_pos..]))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => self.out_pos += n,
             }
         }
-        self.out.clear();
+        self.out = Vec::new();
         self.out_pos = 0;
         Poll::Ready(Ok(()))
     }
 
+    /// Takes bytes of the request head from `buf` (never past its end);
+    /// when the head is complete, rewrites it and starts writing it.
     fn poll_write<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            match self.poll_drain(io, cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-            if buf.is_empty() {
-                return Poll::Ready(Ok(0));
-            }
-            match self.state {
-                Framing::Raw => return Pin::new(&mut *io).poll_write(cx, buf),
-                Framing::Head => {
-                    let taken = match self.take_head(buf) {
-                        Ok(n) => n,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    };
-                    // Start sending a completed head now; whatever is left
-                    // goes out on the next write or flush.
-                    if let Poll::Ready(Err(e)) = self.poll_drain(io, cx) {
-                        return Poll::Ready(Err(e));
-                    }
-                    return Poll::Ready(Ok(taken));
-                }
-                Framing::Body(_) | Framing::Chunked(_) => {
-                    let mut probe = self.state;
-                    let mine = match probe.advance(buf) {
-                        Ok(n) => n,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    };
-                    if mine == 0 {
-                        // Cannot happen (a body state always takes a byte),
-                        // but never spin.
-                        self.state = Framing::Head;
-                        continue;
-                    }
-                    return match Pin::new(&mut *io).poll_write(cx, &buf[..mine]) {
-                        Poll::Ready(Ok(n)) => match self.state.advance(&buf[..n]) {
-                            Ok(_) => Poll::Ready(Ok(n)),
-                            Err(e) => Poll::Ready(Err(e)),
-                        },
-                        other => other,
-                    };
-                }
-            }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-    }
-
-    /// Takes bytes of a request head from `buf` (stopping at its end);
-    /// when the head is complete, rewrites it into `out` and sets the body
-    /// state. Returns how many bytes were taken.
-    fn take_head(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // Look for the end of the head in what is held plus `buf`, without
-        // taking bytes past it.
         let from = self.head.len().saturating_sub(3);
-        let held = self.head.len() - from;
-        let mut joined = self.head[from..].to_vec();
-        let window = buf.len().min(MAX_REQUEST_HEAD + 4);
-        joined.extend_from_slice(&buf[..window]);
-        let taken = match find(&joined, b"\r\n\r\n") {
-            Some(i) => i + 4 - held,
-            None => window,
-        };
-        self.head.extend_from_slice(&buf[..taken]);
-        if !self.head.ends_with(b"\r\n\r\n") {
-            if self.head.len() > MAX_REQUEST_HEAD {
-                return Err(io::Error::new(
+        let held = self.head.len();
+        self.head.extend_from_slice(buf);
+        let taken = match find(&self.head[from..], b"\r\n\r\n") {
+            Some(i) => {
+                let end = from + i + 4;
+                self.head.truncate(end);
+                end - held
+            }
+            None if self.head.len() > MAX_REQUEST_HEAD => {
+                return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("request head over {MAX_REQUEST_HEAD} bytes"),
-                ));
+                )));
             }
-            return Ok(taken);
-        }
+            None => return Poll::Ready(Ok(buf.len())),
+        };
         let head = std::mem::take(&mut self.head);
         self.out = self.rewrite_head(&head)?;
-        self.out_pos = 0;
-        Ok(taken)
+        self.written = true;
+        // Start sending the head now; what is left goes out on the next
+        // write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_drain(io, cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
     }
 
-    fn rewrite_head(&mut self, head: &[u8]) -> io::Result<Vec<u8>> {
+    fn rewrite_head(&self, head: &[u8]) -> io::Result<Vec<u8>> {
         let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
         let line_end = find(head, b"\r\n").ok_or_else(|| bad("request line without CRLF"))?;
         let line =
@@ -1106,45 +921,10 @@ impl AbsoluteForm {
             (Some(m), Some(t), Some(v)) => (m, t, v),
             _ => return Err(bad("malformed request line")),
         };
-        let mut framing = Framing::Body(0);
-        let mut has_auth = false;
-        let mut upgrade = method.eq_ignore_ascii_case("CONNECT");
         let headers = &head[line_end + 2..];
-        for raw in headers.split(|b| *b == b'\n') {
-            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            let Some(colon) = raw.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let name = String::from_utf8_lossy(&raw[..colon])
-                .trim()
-                .to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&raw[colon + 1..])
-                .trim()
-                .to_ascii_lowercase();
-            match name.as_str() {
-                // Chunked wins over a length (RFC 9112 §6.3).
-                "content-length" if !matches!(framing, Framing::Chunked(_)) => {
-                    let n = value
-                        .parse::<u64>()
-                        .map_err(|_| bad("bad Content-Length"))?;
-                    framing = Framing::Body(n);
-                }
-                "transfer-encoding" if value.contains("chunked") => {
-                    framing = Framing::Chunked(Chunk::Size {
-                        value: 0,
-                        digits: false,
-                    });
-                }
-                "upgrade" => upgrade = true,
-                "proxy-authorization" => has_auth = true,
-                _ => {}
-            }
-        }
-        self.state = match framing {
-            _ if upgrade => Framing::Raw,
-            Framing::Body(0) => Framing::Head,
-            f => f,
-        };
+        let has_auth = headers
+            .split(|b| *b == b'\n')
+            .any(|l| l.len() >= 20 && l[..20].eq_ignore_ascii_case(b"proxy-authorization:"));
         let mut out = Vec::with_capacity(head.len() + self.origin.len() + 64);
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');

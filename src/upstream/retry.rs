@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
-use crate::error::{redact, ChatError};
+use crate::error::ChatError;
+use crate::upstream::redact::UpstreamMessage;
 
-/// How one upstream attempt failed.
+/// How one upstream attempt failed. Text an upstream supplied is held as
+/// an [`UpstreamMessage`] (redacted, clipped); the other messages are the
+/// gateway's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptError {
     /// TCP/TLS/DNS connection failure (or connect timeout).
@@ -17,17 +20,25 @@ pub enum AttemptError {
     /// A non-2xx answer. `message` is the upstream's.
     Status {
         status: u16,
-        message: String,
+        message: UpstreamMessage,
         retry_after: Option<Duration>,
     },
     /// The upstream sent an error inside the stream (error object, `event: error`, invalid JSON).
-    StreamError(String),
-    /// The body broke off (connection reset, malformed chunking, closed before any event).
+    StreamError(UpstreamMessage),
+    /// The body broke off (connection reset or closed before the end of
+    /// the body, malformed chunking, closed before any event).
     Broken(String),
     /// A 2xx answer that is a JSON error object instead of a stream.
-    RejectedBody(String),
-    /// A 2xx answer that is neither a stream, a completion nor an error.
+    RejectedBody(UpstreamMessage),
+    /// A 2xx answer that is neither a stream, a completion nor an error,
+    /// or one the gateway cannot read (an unsupported content coding, an
+    /// unframed HTTP/1.1 body over TLS).
     UnusableBody(String),
+    /// The upstream sent more than a bound allows: an SSE line or event
+    /// over `--max-upstream-event-bytes`, or a whole body over
+    /// `--max-upstream-body-bytes`. Not retried: asking again would most
+    /// likely bring the same answer, at the cost of the bound each time.
+    TooLarge(String),
 }
 
 impl AttemptError {
@@ -54,29 +65,7 @@ impl AttemptError {
             AttemptError::Broken(m) => format!("stream broken: {m}"),
             AttemptError::RejectedBody(m) => format!("upstream error: {m}"),
             AttemptError::UnusableBody(m) => format!("unusable response: {m}"),
-        }
-    }
-
-    /// The same failure with every copy of `secret` (the API key, which
-    /// upstreams sometimes echo) removed from its message.
-    pub fn redacted(self, secret: Option<&str>) -> AttemptError {
-        let r = |m: String| redact(&m, secret);
-        match self {
-            AttemptError::Connect(m) => AttemptError::Connect(r(m)),
-            AttemptError::Status {
-                status,
-                message,
-                retry_after,
-            } => AttemptError::Status {
-                status,
-                message: r(message),
-                retry_after,
-            },
-            AttemptError::StreamError(m) => AttemptError::StreamError(r(m)),
-            AttemptError::Broken(m) => AttemptError::Broken(r(m)),
-            AttemptError::RejectedBody(m) => AttemptError::RejectedBody(r(m)),
-            AttemptError::UnusableBody(m) => AttemptError::UnusableBody(r(m)),
-            timeout @ (AttemptError::FirstByteTimeout(_) | AttemptError::IdleTimeout(_)) => timeout,
+            AttemptError::TooLarge(m) => format!("answer too large: {m}"),
         }
     }
 
@@ -106,6 +95,18 @@ pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
         return Verdict::Fail(ChatError::UpstreamBroken(err.reason()));
     }
     match err {
+        // A redirect is a configuration error (the URL is not the API's):
+        // never followed, never retried.
+        AttemptError::Status {
+            status, message, ..
+        } if (300..400).contains(status) => {
+            let msg = if message.is_empty() {
+                format!("the upstream answered HTTP {status}, a redirect (not followed: check the upstream URL)")
+            } else {
+                format!("HTTP {status}: {message}")
+            };
+            Verdict::Fail(ChatError::UpstreamRejected(msg))
+        }
         AttemptError::Status {
             status, message, ..
         } if (400..500).contains(status) && *status != 408 && *status != 429 => {
@@ -116,9 +117,11 @@ pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
             };
             Verdict::Fail(ChatError::UpstreamRejected(msg))
         }
-        AttemptError::RejectedBody(m) => Verdict::Fail(ChatError::UpstreamRejected(m.clone())),
-        AttemptError::UnusableBody(m) => {
-            Verdict::Fail(ChatError::UpstreamBroken(format!("unusable response: {m}")))
+        AttemptError::RejectedBody(m) => {
+            Verdict::Fail(ChatError::UpstreamRejected(m.as_str().to_owned()))
+        }
+        AttemptError::UnusableBody(_) | AttemptError::TooLarge(_) => {
+            Verdict::Fail(ChatError::UpstreamBroken(err.reason()))
         }
         _ => Verdict::Retry,
     }
@@ -132,7 +135,10 @@ pub fn exhausted(err: &AttemptError, attempts: u32) -> ChatError {
         AttemptError::FirstByteTimeout(_) | AttemptError::IdleTimeout(_) => {
             ChatError::UpstreamTimeout(msg)
         }
-        AttemptError::StreamError(_) | AttemptError::Broken(_) => ChatError::UpstreamBroken(msg),
+        AttemptError::StreamError(_)
+        | AttemptError::Broken(_)
+        | AttemptError::UnusableBody(_)
+        | AttemptError::TooLarge(_) => ChatError::UpstreamBroken(msg),
         _ => ChatError::UpstreamUnavailable(msg),
     }
 }

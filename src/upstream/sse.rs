@@ -9,7 +9,14 @@
 //! Differences from a browser's `EventSource`, on purpose: `id` and `retry`
 //! are ignored, and a non-standard `error:` field (sent by older llama.cpp
 //! servers) is kept in [`Event::error`].
+//!
+//! Bounded: a parser made [`Parser::with_limit`] never holds a line, or the
+//! data of an event, longer than its limit. Input that would need more is
+//! an [`Overflow`]: the parser stops (it ignores what follows) and
+//! [`Parser::overflow`] reports it. Its buffers never grow past the limit
+//! (their capacity included), whatever the input and however it is split.
 
+use std::fmt;
 use std::mem;
 
 /// The UTF-8 byte order mark, dropped once at the very start of a stream.
@@ -30,8 +37,27 @@ pub struct Event {
     pub error: Option<String>,
 }
 
+/// Input the parser refused to hold: a line, or an event's data, longer
+/// than its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow {
+    /// Whether one line (`false`) or the data of one event (`true`) was too long.
+    pub event: bool,
+    /// The limit, in bytes.
+    pub limit: usize,
+}
+
+impl fmt::Display for Overflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = if self.event { "event" } else { "line" };
+        write!(f, "an SSE {what} over {} bytes", self.limit)
+    }
+}
+
+impl std::error::Error for Overflow {}
+
 /// Incremental parser state for one event stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Parser {
     /// Bytes of the current line not yet terminated; never holds CR or LF.
     line: Vec<u8>,
@@ -44,6 +70,16 @@ pub struct Parser {
     bom_matched: usize,
     /// The event being built.
     fields: Fields,
+    /// Longest line, and longest event data, held (bytes).
+    limit: usize,
+    /// Set when the input passed the limit; nothing is parsed after it.
+    overflow: Option<Overflow>,
+}
+
+impl Default for Parser {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 /// Buffers of the event being built.
@@ -57,18 +93,57 @@ struct Fields {
 }
 
 impl Parser {
-    /// A parser at the start of a stream.
+    /// A parser at the start of a stream, without a limit.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// A parser at the start of a stream that holds no line, and no event
+    /// data, longer than `limit` bytes (see [`Parser::overflow`]).
+    pub fn with_limit(limit: usize) -> Self {
+        Parser {
+            line: Vec::new(),
+            after_cr: false,
+            started: false,
+            bom_matched: 0,
+            fields: Fields::default(),
+            limit,
+            overflow: None,
+        }
+    }
+
+    /// Why the parser stopped, when the input passed its limit. The events
+    /// completed before that point have been appended to `out` as usual.
+    pub fn overflow(&self) -> Option<Overflow> {
+        self.overflow
+    }
+
+    /// The capacity of the buffers that grow with the input (the partial
+    /// line and the event's data): never more than twice the limit. (The
+    /// event name and an `error:` field are copies of one line each.)
+    pub fn buffered(&self) -> usize {
+        self.line.capacity() + self.fields.data.capacity()
+    }
+
     /// Feed the next bytes of the body (split anywhere, even inside a UTF-8 char or between CR and LF); appends every event completed by them to `out`.
+    ///
+    /// After an [`Overflow`] this does nothing.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) {
+        if self.overflow.is_some() {
+            return;
+        }
         let mut rest = bytes;
         if !self.started {
             rest = self.skip_bom(rest);
             if !self.started {
                 return; // everything so far may still be a BOM
+            }
+            if self.line.len() > self.limit {
+                self.overflow = Some(Overflow {
+                    event: false,
+                    limit: self.limit,
+                });
+                return;
             }
         }
         if self.after_cr {
@@ -82,16 +157,30 @@ impl Parser {
                 }
             }
         }
+        let limit = self.limit;
         while let Some(pos) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
-            if self.line.is_empty() {
-                self.fields.line(&rest[..pos], out);
+            if self.line.len().saturating_add(pos) > limit {
+                self.overflow = Some(Overflow {
+                    event: false,
+                    limit,
+                });
+                return;
+            }
+            let fits = if self.line.is_empty() {
+                self.fields.line(&rest[..pos], limit, out)
             } else {
+                grow(&mut self.line, pos, limit);
                 self.line.extend_from_slice(&rest[..pos]);
-                self.fields.line(&self.line, out);
+                let fits = self.fields.line(&self.line, limit, out);
                 self.line.clear();
                 if self.line.capacity() > KEEP_CAPACITY {
                     self.line.shrink_to(KEEP_CAPACITY);
                 }
+                fits
+            };
+            if !fits {
+                self.overflow = Some(Overflow { event: true, limit });
+                return;
             }
             let mut next = pos + 1;
             if rest[pos] == b'\r' {
@@ -103,6 +192,14 @@ impl Parser {
             }
             rest = &rest[next..];
         }
+        if self.line.len().saturating_add(rest.len()) > limit {
+            self.overflow = Some(Overflow {
+                event: false,
+                limit,
+            });
+            return;
+        }
+        grow(&mut self.line, rest.len(), limit);
         self.line.extend_from_slice(rest);
     }
 
@@ -112,7 +209,7 @@ impl Parser {
     /// including `id:` and `retry:`.
     pub fn finish(&mut self) -> bool {
         let pending = self.fields.dirty || !self.line.is_empty() || self.bom_matched > 0;
-        *self = Self::default();
+        *self = Self::with_limit(self.limit);
         pending
     }
 
@@ -129,7 +226,9 @@ impl Parser {
                     return &bytes[i + 1..];
                 }
             } else {
-                self.line.extend_from_slice(&BOM[..self.bom_matched]);
+                let kept = &BOM[..self.bom_matched];
+                grow(&mut self.line, kept.len(), self.limit);
+                self.line.extend_from_slice(kept);
                 self.started = true;
                 self.bom_matched = 0;
                 return &bytes[i..];
@@ -140,14 +239,15 @@ impl Parser {
 }
 
 impl Fields {
-    /// Interprets one complete line (without its line end).
-    fn line(&mut self, line: &[u8], out: &mut Vec<Event>) {
+    /// Interprets one complete line (without its line end). Returns false
+    /// when the event's data would pass `limit` (nothing is added then).
+    fn line(&mut self, line: &[u8], limit: usize, out: &mut Vec<Event>) -> bool {
         let Some(&first) = line.first() else {
             self.dispatch(out);
-            return;
+            return true;
         };
         if first == b':' {
-            return; // comment
+            return true; // comment
         }
         // ':' is ASCII, so it is never part of a multi-byte sequence: splitting
         // on it before decoding gives what decoding the whole line would.
@@ -162,10 +262,18 @@ impl Fields {
         match name {
             b"data" => {
                 // from_utf8 is the fast path; the lossy decoder is for bad input.
-                match std::str::from_utf8(value) {
-                    Ok(text) => self.data.push_str(text),
-                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                let text = match std::str::from_utf8(value) {
+                    Ok(text) => std::borrow::Cow::Borrowed(text),
+                    Err(_) => String::from_utf8_lossy(value),
+                };
+                let need = text.len() + 1;
+                if self.data.len().saturating_add(need) > limit {
+                    return false;
                 }
+                if let Some(more) = room(self.data.len(), self.data.capacity(), need, limit) {
+                    self.data.reserve_exact(more);
+                }
+                self.data.push_str(&text);
                 self.data.push('\n');
             }
             b"event" => {
@@ -175,6 +283,7 @@ impl Fields {
             b"error" => self.error = Some(String::from_utf8_lossy(value).into_owned()),
             _ => {} // id, retry and unknown fields
         }
+        true
     }
 
     /// A blank line: emits the event if it has data or an error, then resets.
@@ -197,4 +306,24 @@ impl Fields {
             self.data.shrink_to(KEEP_CAPACITY);
         }
     }
+}
+
+/// Makes room for `extra` more bytes in `buf` (see [`room`]).
+fn grow(buf: &mut Vec<u8>, extra: usize, limit: usize) {
+    if let Some(more) = room(buf.len(), buf.capacity(), extra, limit) {
+        buf.reserve_exact(more);
+    }
+}
+
+/// How much to reserve (exactly) for `extra` more bytes in a buffer of
+/// `len` and `capacity`: growing as `Vec` would (doubling, so appends stay
+/// linear) but never past `limit`, which the caller has checked that
+/// `len + extra` fits in. `None`: there is room already.
+fn room(len: usize, capacity: usize, extra: usize, limit: usize) -> Option<usize> {
+    let need = len + extra;
+    if need <= capacity {
+        return None;
+    }
+    let target = need.max(capacity.saturating_mul(2)).min(limit.max(need));
+    Some(target - len)
 }

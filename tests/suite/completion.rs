@@ -1,9 +1,9 @@
 //! Tests of chunk / body interpretation (PROTOCOL.md section 4).
 
 use netfly::upstream::completion::{
-    decode_event, decode_whole_body, error_message_from_body, Decoded, ModelField, StreamError,
-    WholeBody,
+    decode_event, decode_whole_body, Decoded, ModelField, StreamError, WholeBody,
 };
+use netfly::upstream::redact::UpstreamMessage;
 use netfly::upstream::sse::{Event, Parser};
 use serde_json::json;
 
@@ -51,16 +51,23 @@ fn chunk(content: Option<&str>, finish: Option<&str>, usage: Option<serde_json::
 }
 
 fn err(message: &str) -> Result<Decoded, StreamError> {
-    Err(StreamError {
-        message: message.to_owned(),
-    })
+    Err(StreamError::upstream(message))
 }
 
+/// The message an error is shown with (no key to redact).
 fn err_message(r: Result<Decoded, StreamError>) -> String {
     match r {
-        Err(e) => e.message,
+        Err(e) => e.message(None).as_str().to_owned(),
         Ok(d) => panic!("expected an error, got {d:?}"),
     }
+}
+
+/// The message an error status body is shown with: the upstream's message
+/// (raw from `completion`), through the one constructor that redacts and
+/// clips it.
+fn error_message_from_body(body: &[u8]) -> String {
+    let raw = netfly::upstream::completion::error_message_from_body(body);
+    UpstreamMessage::new(&raw, None).as_str().to_owned()
 }
 
 // ---- normal chunks ----------------------------------------------------------
@@ -450,10 +457,10 @@ fn long_error_messages_are_capped() {
 
 #[test]
 fn stream_error_displays_its_message() {
-    let e = StreamError {
-        message: "boom".into(),
-    };
+    let e = StreamError::upstream("boom");
     assert_eq!(e.to_string(), "boom");
+    let e = StreamError::quoting("invalid JSON in stream", "{oops");
+    assert_eq!(e.to_string(), "invalid JSON in stream: {oops");
     let _: &dyn std::error::Error = &e;
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::support::fake::{self, chunk, ev, events_without_done, stalled_after_hel, CHAT_PATH};
 use crate::support::*;
 
-async fn post(client: &awc::Client, url: &str) -> awc::ClientResponse {
+async fn post(client: &awc::Client, url: &str) -> AwcResponse {
     client
         .post(url)
         .insert_header(("accept", "text/event-stream"))

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use netfly::error::{Busy, ChatError};
+use netfly::upstream::redact::UpstreamMessage;
 use netfly::upstream::retry::{
     classify, exhausted, parse_retry_after, AttemptError, Backoff, Verdict,
 };
@@ -11,10 +12,15 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// An upstream message with no key to redact.
+fn msg(text: &str) -> UpstreamMessage {
+    UpstreamMessage::new(text, None)
+}
+
 fn status(code: u16) -> AttemptError {
     AttemptError::Status {
         status: code,
-        message: format!("m{code}"),
+        message: UpstreamMessage::new(&format!("m{code}"), None),
         retry_after: None,
     }
 }
@@ -82,7 +88,7 @@ fn transient_failures_are_retried_before_the_commit_point() {
         AttemptError::FirstByteTimeout(ms(10)),
         AttemptError::IdleTimeout(ms(10)),
         AttemptError::Broken("reset".into()),
-        AttemptError::StreamError("overloaded".into()),
+        AttemptError::StreamError(msg("overloaded")),
     ] {
         assert_eq!(classify(&err, false), Verdict::Retry, "{err:?}");
     }
@@ -99,7 +105,7 @@ fn permanent_4xx_are_never_retried() {
         }
     }
     assert!(matches!(
-        classify(&AttemptError::RejectedBody("bad key".into()), false),
+        classify(&AttemptError::RejectedBody(msg("bad key")), false),
         Verdict::Fail(ChatError::UpstreamRejected(_))
     ));
     assert!(matches!(
@@ -114,7 +120,7 @@ fn after_the_commit_point_everything_is_upstream_broken() {
         status(503),
         AttemptError::IdleTimeout(ms(10)),
         AttemptError::Broken("reset".into()),
-        AttemptError::StreamError("boom".into()),
+        AttemptError::StreamError(msg("boom")),
         AttemptError::Connect("x".into()),
     ] {
         match classify(&err, true) {
@@ -152,7 +158,7 @@ fn exhaustion_code_follows_the_last_failure() {
         "upstream_timeout"
     );
     assert_eq!(
-        exhausted(&AttemptError::StreamError("e".into()), 5)
+        exhausted(&AttemptError::StreamError(msg("e")), 5)
             .code()
             .as_str(),
         "upstream_broken"
@@ -210,48 +216,69 @@ fn redact_removes_every_copy_of_the_key() {
 }
 
 #[test]
-fn redacted_attempt_errors_keep_everything_but_the_key() {
-    let key = Some("sk-secret");
-    let err = AttemptError::Status {
-        status: 401,
-        message: "bad key sk-secret".into(),
-        retry_after: Some(ms(5)),
-    }
-    .redacted(key);
-    assert_eq!(
-        err,
-        AttemptError::Status {
-            status: 401,
-            message: "bad key [redacted]".into(),
-            retry_after: Some(ms(5)),
+fn upstream_messages_are_redacted_before_they_are_clipped() {
+    // The key straddles the 500-char clip: clipping first (as before) left
+    // "…sk-test-SECRE…" in the message, which redaction no longer matched.
+    let key = "sk-test-SECRET1234567890";
+    for at in 470..=500 {
+        let raw = format!("{}{key}{}", "x".repeat(at), "y".repeat(100));
+        let m = UpstreamMessage::new(&raw, Some(key));
+        for k in 6..=key.len() {
+            assert!(!m.as_str().contains(&key[..k]), "at {at}: {m}");
         }
-    );
-    for (made, want) in [
-        (
-            AttemptError::Connect("x sk-secret".into()),
-            AttemptError::Connect("x [redacted]".into()),
-        ),
-        (
-            AttemptError::StreamError("sk-secret".into()),
-            AttemptError::StreamError("[redacted]".into()),
-        ),
-        (
-            AttemptError::Broken("sk-secret".into()),
-            AttemptError::Broken("[redacted]".into()),
-        ),
-        (
-            AttemptError::RejectedBody("sk-secret".into()),
-            AttemptError::RejectedBody("[redacted]".into()),
-        ),
-        (
-            AttemptError::IdleTimeout(ms(3)),
-            AttemptError::IdleTimeout(ms(3)),
-        ),
-    ] {
-        assert_eq!(made.redacted(key), want);
+        assert!(m.as_str().chars().count() <= 500, "at {at}");
+        assert!(m.as_str().ends_with('…'), "at {at}: {m}");
     }
-    assert_eq!(
-        AttemptError::Connect("sk-secret".into()).redacted(None),
-        AttemptError::Connect("sk-secret".into())
-    );
+    // A quoted payload (100 chars) likewise.
+    for at in 80..=100 {
+        let raw = format!("{}{key}", "z".repeat(at));
+        let m = UpstreamMessage::quoting("invalid JSON in stream", &raw, Some(key));
+        assert!(!m.as_str().contains("sk-test"), "at {at}: {m}");
+        assert!(m.as_str().starts_with("invalid JSON in stream: zzz"), "{m}");
+    }
+    // Clipping respects characters; without a key the text is kept.
+    let m = UpstreamMessage::new(&"é".repeat(600), None);
+    assert_eq!(m.as_str().chars().count(), 500);
+    assert_eq!(UpstreamMessage::new(" fine ", None).as_str(), "fine");
+    assert_eq!(UpstreamMessage::new("sk-x", Some("")).as_str(), "sk-x");
+}
+
+#[test]
+fn redirects_are_rejected_not_retried() {
+    for code in [301, 302, 307, 308] {
+        let err = AttemptError::Status {
+            status: code,
+            message: UpstreamMessage::new("redirect to https://x/ not followed", None),
+            retry_after: None,
+        };
+        match classify(&err, false) {
+            Verdict::Fail(ChatError::UpstreamRejected(m)) => {
+                assert!(
+                    m.contains(&code.to_string()) && m.contains("not followed"),
+                    "{m}"
+                )
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    let bare = AttemptError::Status {
+        status: 302,
+        message: UpstreamMessage::default(),
+        retry_after: None,
+    };
+    assert!(matches!(
+        classify(&bare, false),
+        Verdict::Fail(ChatError::UpstreamRejected(m)) if m.contains("redirect")
+    ));
+}
+
+#[test]
+fn too_large_answers_are_not_retried() {
+    let err = AttemptError::TooLarge("an SSE line over 1024 bytes".into());
+    for committed in [false, true] {
+        assert!(matches!(
+            classify(&err, committed),
+            Verdict::Fail(ChatError::UpstreamBroken(m)) if m.contains("over 1024 bytes")
+        ));
+    }
 }

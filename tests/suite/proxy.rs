@@ -1,5 +1,6 @@
 //! Outbound proxy support (`netfly::upstream::proxy`): proxy URL and `NO_PROXY`
-//! parsing, the absolute-form request rewrite, and awc streaming through a
+//! parsing, the absolute-form rewrite of a proxied connection's one request,
+//! and awc streaming through a
 //! real forward proxy — Debian's `tinyproxy`, started by each test on a free
 //! 127.0.0.1 port with its own config and log file (install it with
 //! `scripts/install-proxy.sh`; the tests fail, never skip, without it).
@@ -188,44 +189,30 @@ async fn rewrite(input: &[u8], sizes: &[usize], auth: Option<&str>) -> Vec<u8> {
     out
 }
 
-/// Three requests on one connection: a sized POST, a chunked POST (with an
-/// extension and a trailer), a bodyless GET.
-fn three_requests(target_prefix: &str, auth: Option<&str>) -> Vec<u8> {
+/// A chat request as awc writes it, with a body that looks like a request
+/// line (it must never be rewritten).
+fn one_request(target_prefix: &str, auth: Option<&str>) -> Vec<u8> {
     let auth_line = auth
         .map(|a| format!("Proxy-Authorization: {a}\r\n"))
         .unwrap_or_default();
     let body =
         br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"POST / HTTP/1.1"}]}"#;
-    let mut out = Vec::new();
-    out.extend_from_slice(
-        format!(
-            "POST {target_prefix}/v1/chat/completions?x=1 HTTP/1.1\r\n{auth_line}host: api.example:8080\r\n\
-             content-type: application/json\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    let mut out = format!(
+        "POST {target_prefix}/v1/chat/completions?x=1 HTTP/1.1\r\n{auth_line}host: api.example:8080\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     out.extend_from_slice(body);
-    out.extend_from_slice(
-        format!(
-            "POST {target_prefix}/second HTTP/1.1\r\n{auth_line}transfer-encoding: chunked\r\n\r\n\
-             5\r\nGET /\r\na;ext=1\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    out.extend_from_slice(
-        format!("GET {target_prefix}/models HTTP/1.1\r\n{auth_line}host: api.example:8080\r\n\r\n")
-            .as_bytes(),
-    );
     out
 }
 
 #[actix_web::test]
-async fn absolute_form_rewrites_every_request_line_on_split_writes() {
-    let input = three_requests("", None);
-    let with_auth = three_requests("http://api.example:8080", Some("Basic dTpw"));
-    let without_auth = three_requests("http://api.example:8080", None);
-    // One write, byte by byte, and assorted cuts through every request line.
+async fn absolute_form_rewrites_the_request_head_on_split_writes() {
+    let input = one_request("", None);
+    let with_auth = one_request("http://api.example:8080", Some("Basic dTpw"));
+    let without_auth = one_request("http://api.example:8080", None);
+    // One write, byte by byte, and assorted cuts through the request line.
     for sizes in [&[usize::MAX][..], &[1], &[2, 3, 5], &[7, 1, 13], &[40, 1]] {
         let sizes: Vec<usize> = sizes.iter().map(|s| (*s).min(input.len())).collect();
         assert_eq!(
@@ -236,6 +223,25 @@ async fn absolute_form_rewrites_every_request_line_on_split_writes() {
         assert_eq!(
             String::from_utf8_lossy(&rewrite(&input, &sizes, Some("Basic dTpw")).await),
             String::from_utf8_lossy(&with_auth),
+            "sizes {sizes:?}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn absolute_form_passes_everything_after_the_first_head_untouched() {
+    // The connection carries one request: whatever is written after its
+    // head (the body, or anything else) goes out as it is.
+    let mut input = one_request("", None);
+    let first = input.len();
+    input.extend_from_slice(b"GET /second HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut expected = one_request("http://api.example:8080", Some("Basic dTpw"));
+    expected.extend_from_slice(&input[first..]);
+    for sizes in [&[usize::MAX][..], &[1], &[3, 17]] {
+        let sizes: Vec<usize> = sizes.iter().map(|s| (*s).min(input.len())).collect();
+        assert_eq!(
+            String::from_utf8_lossy(&rewrite(&input, &sizes, Some("Basic dTpw")).await),
+            String::from_utf8_lossy(&expected),
             "sizes {sizes:?}"
         );
     }
@@ -264,6 +270,12 @@ async fn absolute_form_leaves_absolute_targets_existing_auth_and_upgrades_alone(
 async fn absolute_form_marks_the_final_response_head_connection_close() {
     let (near, mut far) = tokio::io::duplex(1 << 16);
     let mut stream = ProxyStream::absolute_form(near, "http://h:1".to_string(), None);
+    // The guard reads responses only to a request.
+    stream
+        .write_all(b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
     let response: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\
         Keep-Alive: timeout=5\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
         5\r\nHTTP/\r\n0\r\n\r\n";
@@ -286,20 +298,6 @@ async fn absolute_form_marks_the_final_response_head_connection_close() {
         .await
         .expect("response read");
     assert_eq!(String::from_utf8_lossy(&out), expected);
-}
-
-#[actix_web::test]
-async fn absolute_form_rejects_a_malformed_chunked_body() {
-    let (near, _far) = tokio::io::duplex(1 << 16);
-    let mut stream = ProxyStream::absolute_form(near, "http://h:1".to_string(), None);
-    let bad = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n";
-    let err = async {
-        stream.write_all(bad).await?;
-        stream.flush().await
-    }
-    .await
-    .expect_err("malformed chunk size");
-    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
 }
 
 // ---------------------------------------------------------------------------
@@ -735,4 +733,40 @@ async fn gateway_chats_stream_through_the_proxy_unless_excluded() {
     assert_eq!(fake.attempts(), 3);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(proxy.log().matches(&line).count(), 2);
+}
+
+#[actix_web::test]
+async fn framing_is_read_the_same_through_the_proxy() {
+    // A close-delimited answer ends normally; a chunked one cut after the
+    // first delta is upstream_broken, through tinyproxy as directly.
+    let proxy = Tinyproxy::start("");
+    let words = ["prox", "ied"];
+    let body = sse_body(&words);
+    let first_delta = crate::support::fake::sse_events(&words)[..2].concat();
+    let fake = FakeUpstream::start(vec![
+        Reply::sse_bytes(&body).with_end(End::CloseDelimited),
+        Reply::sse(vec![
+            Part::bytes(&first_delta),
+            Part::bytes(b"data: {\"cho"),
+        ])
+        .with_end(End::FinAfterChunk),
+    ]);
+    let proxy_url = proxy.url();
+    let gw = gateway_for(&fake, &["--proxy", &proxy_url, "--max-attempts", "1"]).await;
+    let mut ws = WsClient::connect(gw.addr).await;
+    let frames = ws.chat("whole", "hello", WAIT).await;
+    expect_done(&frames);
+    assert_eq!(content_of(&frames), "proxied");
+    let frames = ws.chat("cut", "hello", WAIT).await;
+    let err = expect_error(&frames, "upstream_broken");
+    assert!(
+        message_of(err).contains(netfly::upstream::framing::CUT_BODY),
+        "{err}"
+    );
+    assert_eq!(content_of(&frames), "prox");
+    gw.stop(false).await;
+    assert_eq!(fake.attempts(), 2);
+    let line = format!("POST http://{}{CHAT_PATH} HTTP/1.1", fake.host());
+    let log = proxy.wait_log_n(&line, 2).await;
+    assert_eq!(log.matches(&line).count(), 2, "{log}");
 }

@@ -770,3 +770,113 @@ fn random_inputs_match_the_reference_however_split() {
         "the generator must produce real events, got {dispatched}"
     );
 }
+
+// ---- bounds -------------------------------------------------------------------
+
+/// Pushes `pieces` into a parser limited to `limit`; checks after every
+/// push that its buffers never pass one line and one event of the limit.
+fn run_limited(
+    limit: usize,
+    pieces: &[&[u8]],
+) -> (Vec<Event>, Option<netfly::upstream::sse::Overflow>) {
+    let mut parser = Parser::with_limit(limit);
+    let mut out = Vec::new();
+    for p in pieces {
+        parser.push(p, &mut out);
+        assert!(
+            parser.buffered() <= 2 * limit,
+            "buffers {} > 2 × {limit}",
+            parser.buffered()
+        );
+    }
+    let overflow = parser.overflow();
+    parser.finish();
+    (out, overflow)
+}
+
+#[test]
+fn a_line_over_the_limit_stops_the_parser_however_split() {
+    let limit = 64;
+    let mut input = b"data: one\n\n".to_vec();
+    input.extend_from_slice(b"data: ");
+    input.extend(std::iter::repeat(b'x').take(100));
+    input.extend_from_slice(b"\n\ndata: after\n\n");
+    for k in 0..=input.len() {
+        let (events, overflow) = run_limited(limit, &[&input[..k], &input[k..]]);
+        assert_eq!(events, vec![ev("one")], "split at {k}");
+        let o = overflow.expect("overflow");
+        assert_eq!((o.event, o.limit), (false, limit), "split at {k}");
+        assert_eq!(o.to_string(), "an SSE line over 64 bytes");
+    }
+    // A line of exactly the limit (line end excluded) is fine.
+    let line = format!("data: {}\n\n", "y".repeat(limit - 6));
+    let (events, overflow) = run_limited(limit, &[line.as_bytes()]);
+    assert_eq!(overflow, None);
+    assert_eq!(events[0].data.len(), limit - 6);
+}
+
+#[test]
+fn an_event_over_the_limit_stops_the_parser_however_split() {
+    let limit = 100;
+    // Ten lines of 20 data bytes: each line fits, the event (210 bytes) does not.
+    let input = format!(
+        "data: a\n\n{}\ndata: b\n\n",
+        "data: 01234567890123456789\n".repeat(10)
+    );
+    let input = input.as_bytes();
+    for k in 0..=input.len() {
+        let (events, overflow) = run_limited(limit, &[&input[..k], &input[k..]]);
+        assert_eq!(events, vec![ev("a")], "split at {k}");
+        let o = overflow.expect("overflow");
+        assert!(o.event, "split at {k}");
+        assert_eq!(o.to_string(), "an SSE event over 100 bytes");
+    }
+    // Four such lines (84 bytes of data with the joins) fit.
+    let input = format!("{}\n", "data: 01234567890123456789\n".repeat(4));
+    let (events, overflow) = run_limited(limit, &[input.as_bytes()]);
+    assert_eq!(overflow, None);
+    assert_eq!(events.len(), 1);
+}
+
+#[test]
+fn a_huge_line_in_small_reads_never_grows_the_buffers_past_the_limit() {
+    // 8 MiB without a newline, 16 KiB at a time, against a 1 MiB bound: the
+    // parser stops at the bound and holds no more than it.
+    let limit = 1 << 20;
+    let piece = vec![b'q'; 16 * 1024];
+    let mut parser = Parser::with_limit(limit);
+    let mut out = Vec::new();
+    parser.push(b"data: ", &mut out);
+    for _ in 0..512 {
+        parser.push(&piece, &mut out);
+        assert!(parser.buffered() <= limit, "{}", parser.buffered());
+    }
+    assert!(parser.overflow().is_some());
+    assert!(out.is_empty());
+    // Ignored after the overflow; finish resets the parser (with its limit).
+    parser.push(b"\n\ndata: x\n\n", &mut out);
+    assert!(out.is_empty());
+    parser.finish();
+    assert_eq!(parser.overflow(), None);
+    parser.push(b"data: x\n\n", &mut out);
+    assert_eq!(out, vec![ev("x")]);
+}
+
+#[test]
+fn random_inputs_under_a_limit_match_the_reference_when_they_fit() {
+    // Below the bound, a limited parser is the unlimited one.
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let alphabet: &[u8] = b"data: \n\r:x\xC3\xA9";
+    for _ in 0..3_000 {
+        let len = rng.below(200);
+        let input: Vec<u8> = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        let cut = rng.below(len + 1);
+        let pieces: [&[u8]; 2] = [&input[..cut], &input[cut..]];
+        let (want, _) = run(&pieces);
+        let (got, overflow) = run_limited(1000, &pieces);
+        assert_eq!(overflow, None);
+        assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&input));
+    }
+}

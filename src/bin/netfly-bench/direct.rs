@@ -130,7 +130,7 @@ impl Direct {
                     }) => on_delta(&c, self.last_read_ns),
                     Ok(Decoded::Done) => done = true,
                     Ok(_) => {}
-                    Err(e) => broken = Some(e.message),
+                    Err(e) => broken = Some(e.to_string()),
                 }
             }
         }

@@ -78,15 +78,27 @@ pub enum End {
     Close,
     /// Chunked body, but the connection is reset (RST: `SO_LINGER` 0)
     /// before the terminating chunk: a transport failure in the middle of the
-    /// body. (A plain FIN at a chunk boundary is *not* used for this: awc
-    /// reports it as a clean end of the body, so it is indistinguishable from
-    /// "the stream closed without `[DONE]`", which PROTOCOL §4 calls a normal
-    /// end.) Put a short `Delay` before the cut when the client must have
-    /// read the last part first: an RST can discard unread bytes.
+    /// body. (A plain FIN is [`End::FinAfterChunk`] / [`End::FinMidChunk`].)
+    /// Put a short `Delay` before the cut when the client must have read
+    /// the last part first: an RST can discard unread bytes.
     Cut,
     /// Chunked body that never ends: after the parts, silence until the
     /// client goes away.
     Stall,
+    /// HTTP/1.1 with neither `Content-Length` nor chunked coding (and no
+    /// `Connection` header): the body runs until the connection closes
+    /// (FIN), a *legitimate* end (RFC 9112 §6.3). awc alone reads such a
+    /// body as empty; the gateway's framing guard reads it to the close.
+    CloseDelimited,
+    /// Chunked body whose last part is announced one byte longer than it
+    /// is, then FIN: the connection ends in the middle of a chunk.
+    FinMidChunk,
+    /// Chunked body of complete chunks, then FIN without the last
+    /// (zero-size) chunk: an upstream process that died between two writes.
+    FinAfterChunk,
+    /// `Content-Length` announcing this many bytes more than the parts
+    /// hold, then FIN: a sized body cut short.
+    ShortLength(usize),
 }
 
 /// A recorded request as the fake saw it.
@@ -802,25 +814,54 @@ async fn write_stream<W: AsyncWrite + Unpin>(
     }
     all_headers.push(("cache-control".into(), "no-cache".into()));
     all_headers.extend(headers.iter().cloned());
-    let chunked = end != End::Close;
-    let bytes = if chunked {
-        head(
+    let chunked = matches!(
+        end,
+        End::Finish | End::Cut | End::Stall | End::FinMidChunk | End::FinAfterChunk
+    );
+    let bytes = match end {
+        End::Close => head("HTTP/1.0", status, &all_headers, "connection: close\r\n"),
+        End::CloseDelimited => head("HTTP/1.1", status, &all_headers, ""),
+        End::ShortLength(missing) => {
+            let total: u64 = parts
+                .iter()
+                .map(|p| match p {
+                    Part::Bytes(b) => b.len() as u64,
+                    Part::Repeat { piece, total } => {
+                        total.div_ceil(piece.len().max(1) as u64) * piece.len() as u64
+                    }
+                    Part::Delay(_) => 0,
+                })
+                .sum();
+            let framing = format!("content-length: {}\r\n", total + missing as u64);
+            head("HTTP/1.1", status, &all_headers, &framing)
+        }
+        _ => head(
             "HTTP/1.1",
             status,
             &all_headers,
             "transfer-encoding: chunked\r\n",
-        )
-    } else {
-        head("HTTP/1.0", status, &all_headers, "connection: close\r\n")
+        ),
     };
+    let last_bytes = parts
+        .iter()
+        .rposition(|p| matches!(p, Part::Bytes(b) if !b.is_empty()));
     if wr.write_all(&bytes).await.is_err() || wr.flush().await.is_err() {
         return Outcome::PeerGone;
     }
-    for part in parts {
+    for (i, part) in parts.iter().enumerate() {
         match part {
             Part::Delay(d) => tokio::time::sleep(*d).await,
             // A zero-length chunk would end a chunked body: skip it.
             Part::Bytes(b) | Part::Repeat { piece: b, .. } if b.is_empty() => {}
+            Part::Bytes(b) if end == End::FinMidChunk && Some(i) == last_bytes => {
+                // Announced one byte longer than it is: the FIN cuts it.
+                let mut c = format!("{:x}\r\n", b.len() + 1).into_bytes();
+                c.extend_from_slice(b);
+                if wr.write_all(&c).await.is_err() || wr.flush().await.is_err() {
+                    return Outcome::PeerGone;
+                }
+                written.fetch_add(b.len() as u64, Ordering::SeqCst);
+            }
             Part::Bytes(b) => {
                 if !write_body_piece(wr, b, chunked, written).await {
                     return Outcome::PeerGone;
@@ -847,7 +888,11 @@ async fn write_stream<W: AsyncWrite + Unpin>(
             }
             Outcome::KeepAlive
         }
-        End::Close => Outcome::Close,
+        End::Close
+        | End::CloseDelimited
+        | End::FinMidChunk
+        | End::FinAfterChunk
+        | End::ShortLength(_) => Outcome::Close,
         End::Cut => Outcome::Reset,
         End::Stall => pending().await,
     }

@@ -327,9 +327,12 @@ pub async fn expect_metric(addr: std::net::SocketAddr, needle: &str) {
     );
 }
 
+/// What awc's `send` resolves to (its body decoded per `Content-Encoding`).
+pub type AwcResponse = awc::ClientResponse<actix_http::encoding::Decoder<actix_http::Payload>>;
+
 /// The whole body of an awc response (at most `limit` bytes); panics naming
 /// `what` when it cannot be read.
-pub async fn read_body(resp: &mut awc::ClientResponse, limit: usize, what: &str) -> Vec<u8> {
+pub async fn read_body(resp: &mut AwcResponse, limit: usize, what: &str) -> Vec<u8> {
     resp.body()
         .limit(limit)
         .await

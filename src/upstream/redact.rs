@@ -1,0 +1,179 @@
+//! Keeping the API key out of what upstreams send back.
+//!
+//! Upstreams sometimes echo the key: in error messages, and (a prompt
+//! injection away) in the answer text itself. Two pure tools, used by the
+//! chat task on everything an upstream supplies:
+//!
+//! - [`UpstreamMessage`]: the one constructor of every upstream-supplied
+//!   message (status errors, in-stream errors, error bodies). It redacts
+//!   the whole raw text first and clips it after, on a character boundary,
+//!   so no prefix of the key survives a clip.
+//! - [`StreamRedactor`]: redacts the key in streamed answer text across
+//!   fragment boundaries, holding back only the longest tail of what it was
+//!   given that could still be the start of the key.
+
+use std::fmt;
+
+pub use crate::error::redact;
+
+/// What replaces the key (as [`redact`] writes it).
+pub const REDACTED: &str = "[redacted]";
+/// Longest upstream message passed on, in chars (including the "…").
+pub const MAX_MESSAGE_CHARS: usize = 500;
+/// How much of an offending payload a message quotes, in chars (then "…").
+pub const SNIPPET_CHARS: usize = 100;
+
+/// A message an upstream supplied, redacted and clipped: the only form in
+/// which such text reaches a frame, an error body or a log line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamMessage(String);
+
+impl UpstreamMessage {
+    /// `raw` with every copy of `secret` replaced, then clipped to
+    /// [`MAX_MESSAGE_CHARS`].
+    pub fn new(raw: &str, secret: Option<&str>) -> Self {
+        UpstreamMessage(clip(&redact(raw.trim(), secret), MAX_MESSAGE_CHARS))
+    }
+
+    /// `what: <quote>`, where the quote is `raw` redacted, then clipped to
+    /// [`SNIPPET_CHARS`] (e.g. "invalid JSON in stream: {…").
+    /// `what` is redacted too: it may repeat part of the payload (a JSON
+    /// parser's complaint does).
+    pub fn quoting(what: &str, raw: &str, secret: Option<&str>) -> Self {
+        let quote = clip(&redact(raw.trim(), secret), SNIPPET_CHARS + 1);
+        let what = redact(what, secret);
+        UpstreamMessage(clip(&format!("{what}: {quote}"), MAX_MESSAGE_CHARS))
+    }
+
+    /// The text, safe to show.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the upstream said nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for UpstreamMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `s` if it has at most `max` chars, else its first `max - 1` chars and "…".
+pub fn clip(s: &str, max: usize) -> String {
+    let mut starts = s.char_indices().map(|(i, _)| i);
+    let Some(cut) = starts.nth(max.saturating_sub(1)) else {
+        return s.to_owned();
+    };
+    if starts.next().is_none() {
+        return s.to_owned(); // exactly `max` chars
+    }
+    format!("{}…", &s[..cut])
+}
+
+/// Redacts `secret` in a text that arrives in fragments.
+///
+/// Each [`push`](StreamRedactor::push) returns the text that is safe to
+/// pass on now: everything given so far, with every complete copy of the
+/// key replaced, except the longest tail that is a proper prefix of the
+/// key (it could be completed by the next fragment). That tail comes out
+/// with the next fragment that shows it is not the key, or at
+/// [`finish`](StreamRedactor::finish). The concatenation of the outputs is
+/// the whole text redacted as [`redact`] would; text that does not end in a
+/// prefix of the key is passed on at once, unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct StreamRedactor {
+    secret: Option<String>,
+    held: String,
+}
+
+impl StreamRedactor {
+    /// A redactor for `secret` (none, or empty: text passes unchanged).
+    pub fn new(secret: Option<&str>) -> Self {
+        StreamRedactor {
+            secret: secret.filter(|s| !s.is_empty()).map(str::to_owned),
+            held: String::new(),
+        }
+    }
+
+    /// The next fragment; returns what may be passed on now (maybe empty).
+    /// A fragment that needs nothing done is handed back without a copy.
+    pub fn push(&mut self, fragment: impl Into<String>) -> String {
+        let fragment = fragment.into();
+        let Some(key) = self.secret.as_deref() else {
+            return fragment;
+        };
+        if self.held.is_empty()
+            && !fragment.contains(key)
+            && longest_key_prefix_suffix(&fragment, key) == 0
+        {
+            return fragment;
+        }
+        let mut text = std::mem::take(&mut self.held);
+        text.push_str(&fragment);
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(key) {
+            out.push_str(&rest[..i]);
+            out.push_str(REDACTED);
+            rest = &rest[i + key.len()..];
+        }
+        let hold = longest_key_prefix_suffix(rest, key);
+        out.push_str(&rest[..rest.len() - hold]);
+        self.held.push_str(&rest[rest.len() - hold..]);
+        out
+    }
+
+    /// The end of the text: what is still held (not the key: a proper
+    /// prefix of it at most).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
+
+    /// How many bytes are held back (always fewer than the key has).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+}
+
+/// The length of the longest suffix of `text` that is a proper prefix of
+/// `key` (0 when none).
+fn longest_key_prefix_suffix(text: &str, key: &str) -> usize {
+    let longest = text.len().min(key.len().saturating_sub(1));
+    (1..=longest)
+        .rev()
+        .find(|&k| key.is_char_boundary(k) && text.ends_with(&key[..k]))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_before_clipping() {
+        let key = "sk-test-SECRET1234567890";
+        let raw = format!("{}{key} tail", "x".repeat(490));
+        let m = UpstreamMessage::new(&raw, Some(key));
+        assert!(!m.as_str().contains("sk-test"), "{m}");
+        assert_eq!(m.as_str().chars().count(), MAX_MESSAGE_CHARS);
+        let q = UpstreamMessage::quoting(
+            "invalid JSON in stream",
+            &format!("{}{key}", "y".repeat(95)),
+            Some(key),
+        );
+        assert!(!q.as_str().contains("sk-"), "{q}");
+        assert!(q.as_str().starts_with("invalid JSON in stream: yyy"), "{q}");
+    }
+
+    #[test]
+    fn held_tail_is_the_longest_key_prefix() {
+        assert_eq!(longest_key_prefix_suffix("abc sk-t", "sk-test"), 4);
+        assert_eq!(longest_key_prefix_suffix("abc", "sk-test"), 0);
+        assert_eq!(longest_key_prefix_suffix("sk-tes", "sk-test"), 6);
+        assert_eq!(longest_key_prefix_suffix("aa", "aab"), 2);
+    }
+}
