@@ -233,6 +233,12 @@ impl ChatGuard {
         self.ended = true;
         self.slot.set_outcome(outcome);
     }
+
+    /// Ends the chat from this side: its upstream request is dropped.
+    fn abort(&mut self, outcome: Outcome) {
+        self.end(outcome);
+        self.upstream.do_send(CancelChat { key: self.key });
+    }
 }
 
 impl Drop for ChatGuard {
@@ -403,7 +409,8 @@ async fn chat_completions(
     });
 
     if !stream {
-        return whole(&mut rx, &mut guard, &id, &model).await;
+        let max = shared.config.max_upstream_body_bytes;
+        return whole(&mut rx, &mut guard, &id, &model, max).await;
     }
 
     // Hold the status until the first chunk (or the end): a failure the
@@ -444,12 +451,14 @@ async fn chat_completions(
 }
 
 /// A non-streamed answer: the upstream's completion, `model` mapped back —
-/// or, when the upstream streamed anyway, one assembled from its chunks.
+/// or, when the upstream streamed anyway, one assembled from its chunks (at
+/// most `max` bytes of text, `--max-upstream-body-bytes`, like a whole body).
 async fn whole(
     rx: &mut mpsc::Receiver<ChatEvent>,
     guard: &mut ChatGuard,
     id: &str,
     model: &str,
+    max: usize,
 ) -> HttpResponse {
     let mut text = String::new();
     let mut completion: Option<String> = None;
@@ -465,6 +474,13 @@ async fn whole(
                 content, read_at, ..
             } => {
                 if let Some(c) = content {
+                    if text.len() + c.len() > max {
+                        let err = ChatError::UpstreamBroken(format!(
+                            "the streamed answer passed {max} bytes (--max-upstream-body-bytes)"
+                        ));
+                        guard.abort(Outcome::Failed(err.code()));
+                        return chat_error_response(&err);
+                    }
                     guard.delta(read_at);
                     text.push_str(&c);
                 }

@@ -1009,3 +1009,28 @@ async fn official_openai_client_sees_tool_calls_usage_and_reasoning() {
     );
     gw.stop(false).await;
 }
+
+/// A non-streamed `/v1` answer assembled from a streamed upstream is held
+/// to `--max-upstream-body-bytes` like a whole body; past it the client gets
+/// `upstream_broken` and the upstream request is dropped.
+#[actix_web::test]
+async fn v1_assembled_answer_is_bounded() {
+    let big: Vec<String> = (0..50)
+        .map(|i| format!("{i:03}{}", "y".repeat(997)))
+        .collect();
+    let refs: Vec<&str> = big.iter().map(String::as_str).collect();
+    let mut reply = Reply::sse_words(&refs);
+    if let Reply::Sse { end, .. } = &mut reply {
+        *end = End::Stall;
+    }
+    let (fake, gw) = fake_gateway(vec![reply], &flags("--max-upstream-body-bytes 20000")).await;
+    let a = post_x(gw.addr, false).await;
+    let v = a.expect_error(502, "upstream_broken");
+    assert!(
+        message_of(&v["error"]).contains("--max-upstream-body-bytes"),
+        "{v}"
+    );
+    fake.expect_client_disconnect("an assembled answer past its bound")
+        .await;
+    gw.stop(false).await;
+}

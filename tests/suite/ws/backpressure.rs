@@ -246,3 +246,22 @@ async fn a_reading_client_is_never_closed_for_a_large_burst() {
     assert_eq!(gw.metrics().ws_slow_consumer_closed_total.get(), 0);
     gw.stop(false).await;
 }
+
+/// Issue 10 item 5, the other half: one event larger than the old
+/// high-water mark (an 8 MB delta; the old gateway ended a 50 MB one with
+/// 1008 and no terminal frame) reaches a reading client whole, then `done`.
+#[actix_web::test]
+async fn one_huge_event_reaches_a_reading_client() {
+    let _alone = MEMORY_HEAVY.lock().await;
+    let huge = "0123456789".repeat(800 * 1024);
+    let (_fake, gw, mut ws) = fake_gateway_client(
+        vec![Reply::sse_words(&[huge.as_str(), " end"])],
+        &flags("--max-upstream-event-bytes 33554432"),
+    )
+    .await;
+    let frames = ws.chat("huge", "hi", Duration::from_secs(60)).await;
+    expect_done(&frames);
+    assert_eq!(content_of(&frames), format!("{huge} end"));
+    assert_eq!(gw.metrics().ws_slow_consumer_closed_total.get(), 0);
+    gw.stop(false).await;
+}
