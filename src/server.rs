@@ -142,17 +142,20 @@ impl Gateway {
         } else {
             None
         };
-        let targets = Targets::resolve(&config, demo.as_ref().map(|d| d.url()).as_deref());
+        let targets = Arc::new(Targets::resolve(
+            &config,
+            demo.as_ref().map(|d| d.url()).as_deref(),
+        ));
         let listener = std::net::TcpListener::bind(config.bind)?;
         let addr = listener.local_addr()?;
         let metrics = Metrics::new().map_err(io::Error::other)?;
-        let shared = Arc::new(Shared::new(config, targets, metrics));
+        let shared = Arc::new(Shared::new(config, metrics));
         let reaper = actix_rt::spawn(shared.chats.clone().reap());
         let shared_out = shared.clone();
         let user_timeout = shared.config.client_timeout;
         let workers = shared.config.workers;
         let server = HttpServer::new(move || {
-            let upstream = Upstream::new(shared.clone()).start();
+            let upstream = Upstream::new(shared.clone(), targets.clone()).start();
             App::new()
                 .configure(|cfg| crate::openai_api::configure(cfg, &shared, &upstream))
                 .app_data(web::Data::new(State {

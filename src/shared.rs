@@ -1,5 +1,5 @@
-//! What every worker of one gateway shares: configuration, the resolved
-//! upstreams, metrics and the shutdown state.
+//! What every worker of one gateway shares: configuration, metrics,
+//! admission, the chats' logs and the shutdown state.
 
 use tokio::sync::watch;
 
@@ -9,12 +9,10 @@ use crate::admission::Admission;
 use crate::chats::Chats;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::upstream::target::Targets;
 
 /// Shared by every worker, session and chat of one gateway.
 pub struct Shared {
     pub config: Config,
-    pub targets: Targets,
     pub metrics: Metrics,
     pub admission: Admission,
     /// Every resumable chat, by session and id.
@@ -24,12 +22,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, targets: Targets, metrics: Metrics) -> Shared {
+    pub fn new(config: Config, metrics: Metrics) -> Shared {
         Shared {
             admission: Admission::new(&config, metrics.clone()),
             chats: Chats::new(config.resume, metrics.clone()),
             config,
-            targets,
             metrics,
             closing: watch::Sender::new(false),
             ending: watch::Sender::new(false),

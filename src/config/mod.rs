@@ -12,9 +12,10 @@ use std::time::Duration;
 use clap::Parser;
 
 pub mod providers;
+pub mod proxy;
 
-use crate::upstream::proxy::{NoProxy, ProxySpec};
 pub use providers::{ModelMap, PolicyOverrides, Provider, ProviderFile, UpstreamUrl};
+use proxy::{NoProxy, ProxySpec};
 
 /// Where chats are sent: the built-in demo upstream or a real URL.
 #[derive(Debug, Clone)]

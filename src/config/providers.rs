@@ -15,8 +15,8 @@ use std::time::Duration;
 use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use super::proxy::ProxySpec;
 use crate::protocol::Params;
-use crate::upstream::proxy::ProxySpec;
 
 /// An `http://` or `https://` URL with a host: where an upstream is POSTed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use super::framing;
 use super::redact::{StreamRedactor, UpstreamMessage};
 use super::retry::{self, AttemptError, Verdict};
 use super::sse;
-use super::target::Target;
+use super::target::{Target, Targets};
 use super::{ChatCall, ChatSink};
 use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
@@ -68,6 +68,7 @@ struct Progress {
 /// One chat, from its first attempt to its terminal event.
 pub(super) struct ChatTask {
     pub(super) shared: Arc<Shared>,
+    pub(super) targets: Arc<Targets>,
     pub(super) clients: Rc<[awc::Client]>,
     pub(super) sink: ChatSink,
     pub(super) call: ChatCall,
@@ -171,7 +172,7 @@ impl ChatTask {
     /// upstream is exhausted. Returns the terminal event, or `None` when the
     /// client went away.
     async fn attempts(&self, p: &mut Progress) -> Option<Terminal> {
-        let targets = &self.shared.targets;
+        let targets = &self.targets;
         let mut last: Option<AttemptError> = None;
         for &ti in targets.route(self.call.model()) {
             let target = targets.get(ti);

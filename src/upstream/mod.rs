@@ -32,7 +32,7 @@ use crate::error::{ChatError, Outcome};
 use crate::protocol::{ApiRequest, ChatRequest};
 use crate::shared::Shared;
 use chat::ChatTask;
-use target::Target;
+use target::{Target, Targets};
 
 /// One event of the chat `key`, sent to an HTTP chat's recipient.
 #[derive(Message, Debug)]
@@ -173,16 +173,19 @@ struct ChatFinished {
 /// One per worker: the awc client (not `Send`) and the running chats.
 pub struct Upstream {
     shared: Arc<Shared>,
+    /// The upstreams and each model's route.
+    targets: Arc<Targets>,
     /// One client per target (its own timeouts, proxy and connection pool).
     clients: Rc<[awc::Client]>,
     tasks: HashMap<u64, JoinHandle<()>>,
 }
 
 impl Upstream {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        let clients = shared.targets.all().iter().map(build_client).collect();
+    pub fn new(shared: Arc<Shared>, targets: Arc<Targets>) -> Self {
+        let clients = targets.all().iter().map(build_client).collect();
         Upstream {
             shared,
+            targets,
             clients,
             tasks: HashMap::new(),
         }
@@ -227,6 +230,7 @@ impl Handler<StartChat> for Upstream {
         let sink = msg.sink;
         let chat = ChatTask {
             shared: self.shared.clone(),
+            targets: self.targets.clone(),
             clients: self.clients.clone(),
             sink: sink.clone(),
             call: msg.call,

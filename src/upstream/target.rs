@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use awc::http::header::HeaderMap;
 
-use super::proxy::ProxySpec;
 use super::retry::Backoff;
+use crate::config::proxy::ProxySpec;
 use crate::config::{Config, ModelMap, PolicyOverrides, UpstreamSpec};
 use crate::protocol::Params;
 

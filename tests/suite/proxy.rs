@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use actix_service::Service as _;
 use actix_tls::connect::ConnectInfo;
 use futures_util::StreamExt as _;
-use netfly::upstream::proxy::{self, NoProxy, ProxySpec, ProxyStream};
+use netfly::config::proxy::{NoProxy, ProxySpec};
+use netfly::upstream::proxy::{self, ProxyStream};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
