@@ -15,6 +15,7 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod upstream;
+pub mod ws_guard;
 
 pub use config::Config;
 pub use server::Gateway;
