@@ -8,6 +8,7 @@ pub mod chats;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod logsafe;
 pub mod metrics;
 pub mod openai_api;
 pub mod protocol;
