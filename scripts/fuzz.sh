@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_EACH="${FUZZ_SECONDS:-20}"
-TARGETS=(sse_split chunk_decode client_frame framing_guard)
+TARGETS=(sse_split chunk_decode client_frame framing_guard ws_frame_guard)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
