@@ -45,6 +45,9 @@ pub fn header_text(value: &actix_web::http::header::HeaderValue) -> std::borrow:
     String::from_utf8_lossy(value.as_bytes())
 }
 
+/// The log target of refusal lines (`RUST_LOG=netfly::refused=warn` hides them).
+pub const TARGET: &str = "netfly::refused";
+
 /// Lines of one reason written at most this often.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -93,7 +96,7 @@ static REFUSALS: Mutex<RefusalLimiter> = Mutex::new(RefusalLimiter::new());
 /// name, e.g. `"origin"`); the line carries the count suppressed since the
 /// previous one. Client-controlled values in `line` must be [`clip`]ped.
 pub fn refusal(reason: &'static str, line: fmt::Arguments<'_>) {
-    if !log::log_enabled!(log::Level::Info) {
+    if !log::log_enabled!(target: TARGET, log::Level::Info) {
         return;
     }
     let admitted = REFUSALS
@@ -102,9 +105,9 @@ pub fn refusal(reason: &'static str, line: fmt::Arguments<'_>) {
         .admit(reason, Instant::now());
     match admitted {
         None => {}
-        Some(0) => log::info!(target: "netfly::refused", "{line}"),
+        Some(0) => log::info!(target: TARGET, "{line}"),
         Some(n) => log::info!(
-            target: "netfly::refused",
+            target: TARGET,
             "{line} (and {n} more {reason} refusals since the last such line)"
         ),
     }
