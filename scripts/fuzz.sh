@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds and runs every fuzz target of fuzz/ (cargo-fuzz, libFuzzer) for
-# ${FUZZ_SECONDS:-20} seconds each (about a minute in all). Installs
+# ${FUZZ_SECONDS:-20} seconds each. Installs
 # cargo-fuzz when it is missing. cargo-fuzz needs nightly; on a stable
 # toolchain RUSTC_BOOTSTRAP=1 lets stable accept the nightly-only flags.
 # Longer runs: see docs/SOAK.md ("Fuzzing").
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_EACH="${FUZZ_SECONDS:-20}"
-TARGETS=(sse_split chunk_decode client_frame framing_guard)
+TARGETS=(sse_split chunk_decode client_frame framing_guard ws_frame_guard)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked

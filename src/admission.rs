@@ -8,6 +8,13 @@
 //!   budget and concurrency limits and the gateway's total, and returns the
 //!   [`ChatSlot`] the chat holds until it ends (its metrics live there too).
 //!
+//! - The doors before either (issue 10): [`host_refused`], the `Host`
+//!   policy against DNS rebinding, for every route a browser uses; and
+//!   [`admit_api_call`] for `/v1/chat/completions`: the same `Origin`
+//!   policy as `/ws` when an `Origin` is present, `application/json` only
+//!   (a cross-site page can send `text/plain` or a form without asking),
+//!   and a declared body over the limit refused before it is read.
+//!
 //! `/v1` has no socket, so the chat limits are stated in socket terms:
 //! an address may have `--max-connections-per-ip` × streams chats in
 //! flight, the gateway `--max-connections` × streams; a WebSocket client
@@ -23,8 +30,9 @@ use actix_web::http::header;
 use actix_web::HttpRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{AllowedOrigins, Config};
+use crate::config::{AllowedHosts, AllowedOrigins, Config};
 use crate::error::{Busy, ChatError, Outcome};
+use crate::logsafe::{self, clip};
 use crate::metrics::Metrics;
 
 /// Why an upgrade was refused.
@@ -276,6 +284,181 @@ fn token_accepted(presented: &str, tokens: &[String]) -> bool {
 /// as `Authorization: Bearer` only.
 pub fn bearer_authorized(req: &HttpRequest, tokens: &[String]) -> bool {
     token_accepted(bearer_token(req).unwrap_or(""), tokens)
+}
+
+// ---------------------------------------------------------------- hosts
+
+/// The host of a `Host` value (`name[:port]` or `[v6]:port`), lowercase,
+/// without a trailing dot; `None` when it is not of that shape.
+pub fn host_name(value: &str) -> Option<String> {
+    let value = value.trim();
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':')?),
+        };
+        (&value[..inner.len() + 2], port)
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = !host.is_empty()
+        && (host.starts_with('[')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    valid.then(|| host.to_ascii_lowercase())
+}
+
+/// Whether a `Host` value names this gateway: an IP address literal, a
+/// loopback name, a listed name or a name under a listed `.domain`.
+pub fn host_allowed(value: &str, allowed: &AllowedHosts) -> bool {
+    let list = match allowed {
+        AllowedHosts::Any => return true,
+        AllowedHosts::List(list) => list,
+    };
+    let Some(host) = host_name(value) else {
+        return false;
+    };
+    if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        // A rebinding attack needs a name; an address is what it is.
+        return true;
+    }
+    host == "localhost"
+        || list.iter().any(|name| match name.strip_prefix('.') {
+            Some(domain) => {
+                host == domain
+                    || host
+                        .strip_suffix(domain)
+                        .is_some_and(|sub| sub.ends_with('.'))
+            }
+            None => host == *name,
+        })
+}
+
+/// The `Host` (or absolute-form authority) of `req` when the policy
+/// refuses it. A request with neither (HTTP/1.0, not a browser) passes.
+pub fn host_refused(req: &HttpRequest, allowed: &AllowedHosts) -> Option<String> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    let header = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| logsafe::header_text(h).into_owned());
+    [authority, header]
+        .into_iter()
+        .flatten()
+        .find(|host| !host_allowed(host, allowed))
+}
+
+// ---------------------------------------------------------------- /v1
+
+/// Why a `/v1/chat/completions` request was refused before its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRefusal {
+    /// 403: a browser page of an origin that may not use the gateway.
+    Origin(String),
+    /// 415: not `application/json` (the value sent, if any).
+    ContentType(Option<String>),
+    /// 413: the declared body is over the limit.
+    TooLarge { declared: u64, max: usize },
+}
+
+impl ApiRefusal {
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match self {
+            ApiRefusal::Origin(_) => StatusCode::FORBIDDEN,
+            ApiRefusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiRefusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `code` of the OpenAI-style error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiRefusal::Origin(_) => "origin_not_allowed",
+            ApiRefusal::ContentType(_) => "unsupported_media_type",
+            ApiRefusal::TooLarge { .. } => "bad_request",
+        }
+    }
+}
+
+/// The error message (client values clipped).
+impl std::fmt::Display for ApiRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiRefusal::Origin(origin) => write!(
+                f,
+                "origin {} may not use this API (see --allowed-origins)",
+                clip(origin)
+            ),
+            ApiRefusal::ContentType(None) => {
+                f.write_str("the request body must be JSON, sent as Content-Type: application/json")
+            }
+            ApiRefusal::ContentType(Some(t)) => write!(
+                f,
+                "the request body must be JSON, sent as Content-Type: application/json (got {})",
+                clip(t)
+            ),
+            ApiRefusal::TooLarge { declared, max } => {
+                write!(
+                    f,
+                    "request body of {declared} bytes is larger than {max} bytes"
+                )
+            }
+        }
+    }
+}
+
+/// Whether a `Content-Type` value is `application/json` (parameters such
+/// as `charset` allowed).
+pub fn is_json_content_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// The checks a `/v1/chat/completions` request passes before its body is
+/// read (see the module documentation); a refusal is logged (clipped, rate
+/// limited).
+pub fn admit_api_call(req: &HttpRequest, config: &Config) -> Result<(), ApiRefusal> {
+    if let Err(Refusal::Origin(origin)) = origin_allowed(req, &config.allowed_origins) {
+        logsafe::refusal(
+            "origin",
+            format_args!("/v1 request refused: origin {} not allowed", clip(&origin)),
+        );
+        return Err(ApiRefusal::Origin(origin));
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE);
+    let json = content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_content_type);
+    if !json {
+        let sent = content_type.map(|v| logsafe::header_text(v).into_owned());
+        return Err(ApiRefusal::ContentType(sent));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(declared) if declared > config.max_frame_bytes as u64 => Err(ApiRefusal::TooLarge {
+            declared,
+            max: config.max_frame_bytes,
+        }),
+        _ => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------- origins

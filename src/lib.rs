@@ -8,6 +8,7 @@ pub mod chats;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod logsafe;
 pub mod metrics;
 pub mod openai_api;
 pub mod protocol;
@@ -15,6 +16,7 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod upstream;
+pub mod ws_guard;
 
 pub use config::Config;
 pub use server::Gateway;

@@ -12,6 +12,9 @@ async fn main() -> ExitCode {
     match Gateway::start(config).await {
         Ok(gateway) => {
             eprintln!("listening on http://{}", gateway.addr);
+            if let Some(metrics) = gateway.metrics_addr {
+                eprintln!("metrics on http://{metrics}/metrics");
+            }
             wait_for_signal().await;
             gateway.shutdown().await;
             ExitCode::SUCCESS

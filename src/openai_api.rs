@@ -39,7 +39,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use actix_web::http::{header, StatusCode};
@@ -89,7 +89,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, shared: &Arc<Shared>, upstream: &
 // ---------------------------------------------------------------- errors
 
 /// An OpenAI-style error answer.
-fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     let kind = if status.is_server_error() {
         "server_error"
     } else {
@@ -163,8 +163,34 @@ async fn models(req: HttpRequest, state: web::Data<ApiState>) -> HttpResponse {
 
 // ---------------------------------------------------------------- request
 
-/// Reads the body, refusing one larger than `max` bytes.
-async fn read_body(mut payload: web::Payload, max: usize) -> Result<Bytes, HttpResponse> {
+/// Reads the body, refusing one larger than `max` bytes or not complete
+/// within `deadline` (408, and the connection is closed: issue 10 item 2).
+async fn read_body(
+    payload: web::Payload,
+    max: usize,
+    deadline: Duration,
+) -> Result<Bytes, HttpResponse> {
+    match tokio::time::timeout(deadline, read_body_whole(payload, max)).await {
+        Ok(read) => read,
+        Err(_) => {
+            let ms = deadline.as_millis();
+            crate::logsafe::refusal(
+                "body_timeout",
+                format_args!("request body not complete within {ms} ms: 408"),
+            );
+            let mut resp = error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                &format!("the request body did not arrive within {ms} ms"),
+            );
+            resp.head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            Err(resp)
+        }
+    }
+}
+
+async fn read_body_whole(mut payload: web::Payload, max: usize) -> Result<Bytes, HttpResponse> {
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
@@ -354,6 +380,10 @@ async fn chat_completions(
     state: web::Data<ApiState>,
 ) -> HttpResponse {
     let shared = &state.shared;
+    // Origin policy, JSON only, declared size (issue 10 item 7, admission.rs).
+    if let Err(refused) = admission::admit_api_call(&req, &shared.config) {
+        return error_response(refused.status(), refused.code(), &refused.to_string());
+    }
     if !authorized(&req, shared) {
         return unauthorized();
     }
@@ -362,7 +392,8 @@ async fn chat_completions(
             ChatError::UpstreamUnavailable("the server is shutting down; retry shortly".into());
         return chat_error_response(&err);
     }
-    let body = match read_body(payload, shared.config.max_frame_bytes).await {
+    let config = &shared.config;
+    let body = match read_body(payload, config.max_frame_bytes, config.client_body_timeout).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };

@@ -1,19 +1,40 @@
 //! The HTTP surface (PROTOCOL.md §2) and the running gateway.
+//!
+//! Every route answers `HEAD` where it answers `GET`, and a method a route
+//! does not take gets 405 with `Allow`. The `Host` policy
+//! (`--allowed-hosts`) guards every route a browser uses — `/ws`, `/v1/…`,
+//! `/`, `/static/…` — so a page on a rebound name reaches nothing; `/healthz`
+//! (probes name the service however their platform does, and it says only
+//! "ok") and `/metrics` (scrapers likewise; put it on `--metrics-bind` to
+//! keep it private) are exempt. The server is actix-web's app on actix-http's
+//! service built by hand (what `HttpServer` does), for one thing
+//! `HttpServer` cannot set: the `Expect: 100-continue` handler, which
+//! refuses a declared body over the limit with 413 before any
+//! `100 Continue`.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Addr};
-use actix_web::dev::ServerHandle;
-use actix_web::http::header;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_http::body::BoxBody;
+use actix_http::{ConnectionType, HttpService, Request, Response};
+use actix_service::{
+    fn_service, map_config, IntoServiceFactory as _, ServiceFactory, ServiceFactoryExt as _,
+};
+use actix_web::dev::{AppConfig, ServerHandle, Service as _, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse};
+use futures_util::future::{ready, Either};
 
-use crate::admission::Refusal;
+use crate::admission::{self, Refusal};
 use crate::assets;
 use crate::config::{Config, UpstreamSpec};
 use crate::demo::{self, Demo};
+use crate::logsafe::{self, clip};
 use crate::metrics::Metrics;
+use crate::openai_api;
 use crate::session;
 use crate::shared::Shared;
 use crate::upstream::target::Targets;
@@ -25,11 +46,30 @@ struct State {
     upstream: Addr<Upstream>,
 }
 
+/// 426 for a `Sec-WebSocket-Version` other than 13 (RFC 6455 §4.2.2), with
+/// the version this server speaks.
+fn unsupported_ws_version(req: &HttpRequest) -> Option<HttpResponse> {
+    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION)?;
+    if version.as_bytes() == b"13" {
+        return None;
+    }
+    Some(
+        HttpResponse::build(StatusCode::UPGRADE_REQUIRED)
+            .insert_header((header::SEC_WEBSOCKET_VERSION, "13"))
+            .insert_header((header::UPGRADE, "websocket"))
+            .content_type("text/plain; charset=utf-8")
+            .body("unsupported WebSocket version: this server speaks version 13\n"),
+    )
+}
+
 async fn ws_route(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<State>,
 ) -> actix_web::Result<HttpResponse> {
+    if let Some(resp) = unsupported_ws_version(&req) {
+        return Ok(resp);
+    }
     let shared = &state.shared;
     if shared.draining() {
         shared
@@ -60,7 +100,10 @@ async fn ws_route(
         .inc();
     match refusal {
         Refusal::Origin(origin) => {
-            log::info!("websocket refused: origin {origin:?} not allowed");
+            logsafe::refusal(
+                "origin",
+                format_args!("websocket refused: origin {} not allowed", clip(&origin)),
+            );
             Ok(HttpResponse::Forbidden().body("origin not allowed\n"))
         }
         Refusal::Unauthorized => Ok(HttpResponse::Unauthorized()
@@ -85,10 +128,10 @@ async fn healthz(state: web::Data<State>) -> HttpResponse {
     }
 }
 
-async fn metrics_route(state: web::Data<State>) -> HttpResponse {
+async fn metrics_route(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.shared.metrics.render())
+        .body(metrics.render())
 }
 
 fn asset(body: &'static [u8], content_type: &'static str) -> HttpResponse {
@@ -106,11 +149,218 @@ async fn index() -> HttpResponse {
 async fn static_file(path: web::Path<String>) -> HttpResponse {
     match assets::find(path.as_str()) {
         Some(a) => asset(a.body, assets::content_type(a.name)),
-        None => HttpResponse::NotFound().body(
-            "not found
-",
-        ),
+        None => HttpResponse::NotFound().body("not found\n"),
     }
+}
+
+/// A resource answering `GET` and `HEAD` with `handler` (actix-http sends
+/// a `HEAD` answer's head only); other methods get 405 with `Allow`.
+fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+}
+
+/// The `Host` policy in front of every route but `/healthz` and `/metrics`
+/// (see the module documentation): `None` lets the request through.
+fn host_refusal(req: &ServiceRequest, shared: &Shared) -> Option<HttpResponse> {
+    let path = req.path();
+    if path == "/healthz" || path == "/metrics" {
+        return None;
+    }
+    let host = admission::host_refused(req.request(), &shared.config.allowed_hosts)?;
+    logsafe::refusal(
+        "host",
+        format_args!(
+            "request for {} refused: Host {} not allowed (see --allowed-hosts)",
+            clip(path),
+            clip(&host)
+        ),
+    );
+    let message = format!(
+        "Host {} is not allowed: add the name to --allowed-hosts (NETFLY_ALLOWED_HOSTS)",
+        clip(&host)
+    );
+    if path == "/ws" {
+        shared
+            .metrics
+            .ws_refused_total
+            .with_label_values(&["host"])
+            .inc();
+    }
+    Some(if path.starts_with("/v1/") {
+        openai_api::error_response(StatusCode::FORBIDDEN, "host_not_allowed", &message)
+    } else {
+        HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body(message + "\n")
+    })
+}
+
+/// The declared body length of a request, if it gives a valid one.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.head()
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The `Expect: 100-continue` handler: a declared body over `max` bytes
+/// (no route takes more) gets 413 at once, never `100 Continue`.
+async fn expect_continue(req: Request, max: usize) -> Result<Request, Response<BoxBody>> {
+    match declared_length(&req) {
+        Some(len) if len > max as u64 => {
+            logsafe::refusal(
+                "body_size",
+                format_args!("request refused before its body: {len} bytes declared, limit {max}"),
+            );
+            let mut resp = openai_api::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_request",
+                &format!("request body of {len} bytes is larger than {max} bytes"),
+            );
+            resp.head_mut().set_connection_type(ConnectionType::Close);
+            Err(resp.into())
+        }
+        _ => Ok(req),
+    }
+}
+
+/// Connections the kernel completes and queues while every worker is busy
+/// (or out of file descriptors); std's `TcpListener::bind` would queue 128.
+const BACKLOG: i32 = 4096;
+
+/// A listening socket on `addr` with a [`BACKLOG`]-deep accept queue.
+fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As std does: a restarted gateway can bind while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// One worker's gateway app: the routes of PROTOCOL.md §2 behind the
+/// `Host` policy, with this worker's Upstream actor.
+fn gateway_app(
+    shared: &Arc<Shared>,
+    targets: &Arc<Targets>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let upstream = Upstream::new(shared.clone(), targets.clone()).start();
+    let policy = shared.clone();
+    let metrics_here = shared.config.metrics_bind.is_none();
+    App::new()
+        .wrap_fn(move |req, srv| match host_refusal(&req, &policy) {
+            None => Either::Left(srv.call(req)),
+            Some(resp) => Either::Right(ready(Ok(req.into_response(resp)))),
+        })
+        .configure(|cfg| openai_api::configure(cfg, shared, &upstream))
+        .app_data(web::Data::new(State {
+            shared: shared.clone(),
+            upstream,
+        }))
+        .app_data(web::Data::new(shared.metrics.clone()))
+        .service(web::resource("/ws").route(web::get().to(ws_route)))
+        .service(get_and_head("/healthz", healthz))
+        .service(get_and_head("/", index))
+        .service(get_and_head("/static/{file}", static_file))
+        .configure(|cfg| {
+            // With --metrics-bind, /metrics lives on its own listener only.
+            if metrics_here {
+                cfg.service(get_and_head("/metrics", metrics_route));
+            }
+        })
+}
+
+/// The `--metrics-bind` listener's app: `/metrics` and nothing else.
+fn metrics_app(
+    metrics: &Metrics,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(web::Data::new(metrics.clone()))
+        .service(get_and_head("/metrics", metrics_route))
+}
+
+/// actix-http's HTTP/1 service around `app`, set as `HttpServer` would set
+/// it, plus our `Expect: 100-continue` handler.
+fn http_service<T>(
+    config: &Config,
+    addr: SocketAddr,
+    app: App<T>,
+) -> impl ServiceFactory<
+    actix_rt::net::TcpStream,
+    Config = (),
+    Response = (),
+    Error = actix_http::error::DispatchError,
+    InitError = (),
+>
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<BoxBody>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+{
+    let user_timeout = config.client_timeout;
+    let max_body = config.max_frame_bytes;
+    HttpService::build()
+        // Slow request heads are cut at 5 s (bodies: --client-body-timeout-ms).
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        // A client's FIN ends its request at once (a half-closed HTTP client
+        // is gone): its streamed answer is dropped and the upstream cancelled.
+        .h1_allow_half_closed(false)
+        .tcp_nodelay(true)
+        .local_addr(addr)
+        // A browser that stops reading stops the actor that serves its
+        // socket (actix drives it only while the connection can take more
+        // bytes), so the heartbeat alone cannot drop it. The kernel can: data
+        // left unacknowledged (or unsent behind a zero window) longer than
+        // the client timeout aborts the connection, which ends the session,
+        // its chats and their upstream requests.
+        .on_connect_ext(move |tcp: &actix_rt::net::TcpStream, _| {
+            let sock = socket2::SockRef::from(tcp);
+            if let Err(e) = sock.set_tcp_user_timeout(Some(user_timeout)) {
+                log::debug!("TCP_USER_TIMEOUT not set: {e}");
+            }
+        })
+        .expect(fn_service(move |req: Request| {
+            expect_continue(req, max_body)
+        }))
+        .finish(map_config(
+            app.into_factory()
+                .map_err(|e: actix_web::Error| e.error_response()),
+            |_| AppConfig::default(),
+        ))
+        .tcp()
 }
 
 /// A running gateway: the HTTP/WebSocket server and, when configured, the
@@ -118,6 +368,8 @@ async fn static_file(path: web::Path<String>) -> HttpResponse {
 pub struct Gateway {
     /// The address actually bound (the real port when port 0 was asked).
     pub addr: SocketAddr,
+    /// The `/metrics` listener's address, with `--metrics-bind`.
+    pub metrics_addr: Option<SocketAddr>,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<io::Result<()>>,
     demo: Option<Demo>,
@@ -146,58 +398,43 @@ impl Gateway {
             &config,
             demo.as_ref().map(|d| d.url()).as_deref(),
         ));
-        let listener = std::net::TcpListener::bind(config.bind)?;
+        let listener = bind_listener(config.bind)?;
         let addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_bind {
+            Some(bind) => Some(bind_listener(bind)?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let metrics = Metrics::new().map_err(io::Error::other)?;
         let shared = Arc::new(Shared::new(config, metrics));
         let reaper = actix_rt::spawn(shared.chats.clone().reap());
         let shared_out = shared.clone();
-        let user_timeout = shared.config.client_timeout;
         let workers = shared.config.workers;
-        let server = HttpServer::new(move || {
-            let upstream = Upstream::new(shared.clone(), targets.clone()).start();
-            App::new()
-                .configure(|cfg| crate::openai_api::configure(cfg, &shared, &upstream))
-                .app_data(web::Data::new(State {
-                    shared: shared.clone(),
-                    upstream,
-                }))
-                .route("/ws", web::get().to(ws_route))
-                .route("/healthz", web::get().to(healthz))
-                .route("/metrics", web::get().to(metrics_route))
-                .route("/", web::get().to(index))
-                .route("/static/{file}", web::get().to(static_file))
-        })
-        .tcp_nodelay(true)
-        // A browser that stops reading stops the actor that serves its
-        // socket (actix drives it only while the connection can take more
-        // bytes), so the heartbeat alone cannot drop it. The kernel can: data
-        // left unacknowledged (or unsent behind a zero window) longer than
-        // the client timeout aborts the connection, which ends the session,
-        // its chats and their upstream requests.
-        .on_connect(move |conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let sock = socket2::SockRef::from(tcp);
-                if let Err(e) = sock.set_tcp_user_timeout(Some(user_timeout)) {
-                    log::debug!("TCP_USER_TIMEOUT not set: {e}");
-                }
-            }
-        })
-        // A client's FIN ends its request at once (a half-closed HTTP client
-        // is gone): its streamed answer is dropped and the upstream cancelled.
-        .h1_allow_half_closed(false)
-        .backlog(4096)
-        .max_connections(100_000)
-        .workers(workers)
-        .shutdown_timeout(1)
-        // Signals are ours (see `Gateway::shutdown`): actix's own handling
-        // would cut WebSockets without a close frame.
-        .disable_signals();
-        let server = server.listen(listener)?.run();
+        let mut builder = actix_server::Server::build()
+            .workers(workers)
+            .max_concurrent_connections(100_000)
+            .shutdown_timeout(1)
+            // Signals are ours (see `Gateway::shutdown`): actix's own handling
+            // would cut WebSockets without a close frame.
+            .disable_signals()
+            .listen("netfly", listener, move || {
+                http_service(&shared.config, addr, gateway_app(&shared, &targets))
+            })?;
+        if let (Some(listener), Some(metrics_addr)) = (metrics_listener, metrics_addr) {
+            let shared = shared_out.clone();
+            builder = builder.listen("netfly-metrics", listener, move || {
+                http_service(&shared.config, metrics_addr, metrics_app(&shared.metrics))
+            })?;
+        }
+        let server = builder.run();
         let handle = server.handle();
         let server = actix_rt::spawn(server);
         Ok(Gateway {
             addr,
+            metrics_addr,
             handle,
             server,
             demo,

@@ -31,6 +31,7 @@ use crate::error::{Busy, ChatError, Outcome};
 use crate::protocol::{self, ChatRequest, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
 use crate::upstream::{next_chat_key, CancelChat, ChatCall, ChatSink, StartChat, Upstream};
+use crate::ws_guard;
 
 /// Unsent output under which more frames are pulled from the chats' logs.
 const LOW_WATER: u64 = 1024 * 1024;
@@ -123,6 +124,8 @@ pub struct Session {
     output: Rc<Output>,
     /// The socket's place in the connection limits, and who the client is.
     permit: SocketPermit,
+    /// Why the frame guard stopped the client's bytes, if it did.
+    guard: ws_guard::VerdictSlot,
 }
 
 /// Upgrades `req` to a WebSocket served by a new Session, which holds
@@ -135,6 +138,8 @@ pub fn start(
     permit: SocketPermit,
 ) -> Result<HttpResponse, actix_web::Error> {
     let max = shared.config.max_frame_bytes;
+    // Frame sizes are checked at the header, before actix buffers a frame.
+    let (payload, guard) = ws_guard::guard(payload, max);
     let output = Rc::new(Output {
         queued: Cell::new(0),
         flushed: Cell::new(0),
@@ -151,6 +156,7 @@ pub fn start(
         partial: None,
         output: output.clone(),
         permit,
+        guard,
     };
     let mut response = ws::handshake(req)?;
     let codec = actix_http::ws::Codec::new().max_size(max);
@@ -525,6 +531,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     }
 
     fn finished(&mut self, ctx: &mut Ctx) {
+        // The frame guard ended the client's bytes: close with its verdict.
+        if let Some(verdict) = self.guard.get() {
+            self.close(ctx, verdict.close_code(), &verdict.to_string());
+            return;
+        }
         // The browser's side of the socket is gone.
         ctx.stop();
     }
@@ -556,17 +567,11 @@ impl Session {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Err(ws::ProtocolError::Overflow) => {
-                let max = self.shared.config.max_frame_bytes;
-                self.close(
-                    ctx,
-                    ws::CloseCode::Size,
-                    &format!("frame larger than {max} bytes"),
-                );
-            }
             Err(e) => {
                 log::debug!("websocket protocol error: {e}");
-                self.close(ctx, ws::CloseCode::Protocol, "protocol error");
+                let max = self.shared.config.max_frame_bytes;
+                let (code, why) = ws_guard::close_for_decoder_error(&e, max);
+                self.close(ctx, code, &why);
             }
         }
     }

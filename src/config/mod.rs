@@ -64,6 +64,22 @@ pub enum AllowedOrigins {
     List(Vec<String>),
 }
 
+/// Which `Host` names the gateway answers to (DNS-rebinding guard).
+///
+/// Loopback names and addresses and any IP-address literal are always
+/// allowed (a rebinding attack needs a name it controls; a browser sends an
+/// IP literal only for a page loaded from that very address); the list adds
+/// the public names a deployment is reached by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// `*`: any `Host`.
+    Any,
+    /// Names besides the always-allowed ones: `chat.example.com` (any
+    /// port), `.example.com` (that domain and every subdomain); lowercase,
+    /// without a trailing dot.
+    List(Vec<String>),
+}
+
 /// The gateway's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -107,6 +123,13 @@ pub struct Config {
     pub workers: usize,
     /// Chats outliving their socket: the window and the log bounds.
     pub resume: ResumeLimits,
+    /// `Host` names answered (`--allowed-hosts`, plus the `--bind` name).
+    pub allowed_hosts: AllowedHosts,
+    /// Longest wait for a `/v1` request body (`--client-body-timeout-ms`).
+    pub client_body_timeout: Duration,
+    /// A listener of its own for `/metrics` (`--metrics-bind`); the main
+    /// listener then answers 404 there.
+    pub metrics_bind: Option<SocketAddr>,
     /// Test-only fault injection (no flag or variable sets it): a chat
     /// whose text contains `netfly-fault:panic-session` or
     /// `netfly-fault:panic-chat` panics in its session or its chat task, to
@@ -218,6 +241,15 @@ struct Flags {
     /// Bytes of frames all chat logs together may keep [env: NETFLY_RESUME_MAX_BYTES] [default: 268435456]
     #[arg(long)]
     resume_max_bytes: Option<String>,
+    /// Host names the gateway answers to besides loopback names and IP addresses, comma-separated; `.example.com` = that domain and its subdomains; `*` = any. Behind a reverse proxy list the public name [env: NETFLY_ALLOWED_HOSTS]
+    #[arg(long)]
+    allowed_hosts: Option<String>,
+    /// Longest wait for a /v1 request body, ms; then 408 and the connection is closed [env: NETFLY_CLIENT_BODY_TIMEOUT_MS] [default: 10000]
+    #[arg(long)]
+    client_body_timeout_ms: Option<String>,
+    /// Serve /metrics only on this address (the main listener answers 404 there); unset = /metrics on the main listener, public [env: NETFLY_METRICS_BIND]
+    #[arg(long)]
+    metrics_bind: Option<String>,
 }
 
 /// One raw option value and the name (flag or variable) it came from.
@@ -301,6 +333,10 @@ fn parse_bind(raw: Option<Raw>) -> Result<SocketAddr, String> {
     let Some(raw) = raw else {
         return Ok(SocketAddr::from(([127, 0, 0, 1], 8080)));
     };
+    parse_addr(&raw)
+}
+
+fn parse_addr(raw: &Raw) -> Result<SocketAddr, String> {
     let text = raw.value.trim();
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr);
@@ -309,6 +345,46 @@ fn parse_bind(raw: Option<Raw>) -> Result<SocketAddr, String> {
         Ok(Some(addr)) => Ok(addr),
         _ => Err(raw.err("expected HOST:PORT, e.g. 127.0.0.1:8080")),
     }
+}
+
+/// The host name `--bind` was given as, when it is a name (an IP address
+/// is allowed as a `Host` anyway).
+fn bind_name(raw: Option<&Raw>) -> Option<String> {
+    let text = raw?.value.trim();
+    let (host, _port) = text.rsplit_once(':')?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty() && host.parse::<std::net::IpAddr>().is_err() && !host.starts_with('['))
+        .then_some(host)
+}
+
+/// `--allowed-hosts`: `*`, or names (any port) and `.domain` suffixes.
+fn parse_hosts(raw: Option<Raw>, bind_name: Option<String>) -> Result<AllowedHosts, String> {
+    let mut names: Vec<String> = bind_name.into_iter().collect();
+    let Some(raw) = raw else {
+        return Ok(AllowedHosts::List(names));
+    };
+    let items = list(&raw.value);
+    if items.is_empty() {
+        return Err(raw.err("expected `*` or comma-separated host names like chat.example.com"));
+    }
+    if items.iter().any(|i| i == "*") {
+        return Ok(AllowedHosts::Any);
+    }
+    for item in items {
+        let name = item.trim_end_matches('.').to_ascii_lowercase();
+        let body = name.strip_prefix('.').unwrap_or(&name);
+        let valid = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(raw.err(&format!(
+                "{item:?} is not a host name (give the name alone: no scheme, port or path)"
+            )));
+        }
+        names.push(name);
+    }
+    Ok(AllowedHosts::List(names))
 }
 
 fn parse_upstreams(raw: Option<Raw>) -> Result<Vec<UpstreamSpec>, String> {
@@ -399,7 +475,9 @@ impl Config {
         let ms = |flag: Option<String>, name: &str, default: u64, min: u64| {
             millis(pick(flag, name, lookup), default, min)
         };
-        let bind = parse_bind(pick(f.bind, "bind", lookup))?;
+        let bind_raw = pick(f.bind, "bind", lookup);
+        let bind_host = bind_name(bind_raw.as_ref());
+        let bind = parse_bind(bind_raw)?;
         let file = match pick(f.config, "config", lookup) {
             None => None,
             Some(raw) => Some(ProviderFile::load(std::path::Path::new(raw.value.trim()))?),
@@ -568,6 +646,17 @@ impl Config {
                 256 * 1024 * 1024usize,
             )?,
         };
+        let allowed_hosts = parse_hosts(pick(f.allowed_hosts, "allowed-hosts", lookup), bind_host)?;
+        let client_body_timeout = ms(
+            f.client_body_timeout_ms,
+            "client-body-timeout-ms",
+            10_000,
+            1,
+        )?;
+        let metrics_bind = match pick(f.metrics_bind, "metrics-bind", lookup) {
+            Some(raw) if !raw.value.trim().is_empty() => Some(parse_addr(&raw)?),
+            _ => None,
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = at_least_one(pick(f.workers, "workers", lookup), cores)?;
         Ok(Config {
@@ -600,6 +689,9 @@ impl Config {
             shutdown_grace,
             workers,
             resume,
+            allowed_hosts,
+            client_body_timeout,
+            metrics_bind,
             fault_injection: false,
         })
     }

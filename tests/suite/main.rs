@@ -10,6 +10,9 @@
 //!   the outbound proxy, end to end;
 //! * unit tests of the pure modules: `completion.rs`, `config.rs`,
 //!   `policy.rs`, `protocol.rs`, `sse.rs` (and parts of `proxy.rs`);
+//! * `doors/`: issue 10's doors on the HTTP/WebSocket side, a file per
+//!   item (frame sizes, body deadline, hosts and origins, log floods, the
+//!   metrics listener, HTTP details);
 //! * `harness.rs`: self-checks of `support/`.
 
 mod support;
@@ -17,6 +20,7 @@ mod support;
 mod browser;
 mod completion;
 mod config;
+mod doors;
 mod framing;
 mod harness;
 mod http_surface;

@@ -10,7 +10,7 @@ use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One mebibyte.
@@ -27,16 +27,63 @@ pub struct ChildGateway {
     child: Child,
     pub pid: u32,
     pub addr: SocketAddr,
+    stderr: Arc<Stderr>,
+}
+
+/// What the child wrote on stderr: every byte counted, the first lines kept
+/// (each clipped) for a test to read.
+#[derive(Default)]
+struct Stderr {
+    bytes: AtomicU64,
+    lines: Mutex<Vec<String>>,
+}
+
+/// Lines of the child's stderr kept, and bytes kept of each.
+const KEPT_LINES: usize = 2000;
+const KEPT_LINE_BYTES: usize = 4096;
+
+/// How a [`ChildGateway`] is started besides its flags.
+pub struct ChildOptions<'a> {
+    /// `RUST_LOG` of the child.
+    pub rust_log: &'a str,
+    /// A limit on the child's open files (`ulimit -n`), if any.
+    pub max_open_files: Option<u32>,
+}
+
+impl Default for ChildOptions<'_> {
+    fn default() -> Self {
+        ChildOptions {
+            rust_log: "warn",
+            max_open_files: None,
+        }
+    }
 }
 
 impl ChildGateway {
     /// Starts the binary and waits (at most 20 s) for its
     /// `listening on http://ADDR` line on stderr.
     pub fn start(args: &[&str]) -> ChildGateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_netfly"))
+        Self::start_with(args, ChildOptions::default())
+    }
+
+    /// Like [`ChildGateway::start`], with a log level and an open-file
+    /// limit (set by `sh`, which then `exec`s the binary under the same PID).
+    pub fn start_with(args: &[&str], opts: ChildOptions<'_>) -> ChildGateway {
+        let bin = env!("CARGO_BIN_EXE_netfly");
+        let mut cmd = match opts.max_open_files {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+        };
+        let mut child = cmd
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", opts.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -44,16 +91,29 @@ impl ChildGateway {
             .expect("start the netfly binary");
         let pid = child.id();
         let stderr = child.stderr.take().expect("piped stderr");
+        let seen = Arc::new(Stderr::default());
         let (tx, rx) = std::sync::mpsc::channel();
+        let sink = seen.clone();
         // Reads stderr until the process ends (keeps the pipe drained).
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
+            let mut reader = std::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                sink.bytes.fetch_add(line.len() as u64, Ordering::SeqCst);
+                let text = String::from_utf8_lossy(&line);
+                if let Some(addr) = text.trim_end().strip_prefix("listening on http://") {
                     let _ = tx.send(addr.trim().to_owned());
                 }
+                let mut kept = sink.lines.lock().unwrap_or_else(|p| p.into_inner());
+                if kept.len() < KEPT_LINES {
+                    let end = text.len().min(KEPT_LINE_BYTES);
+                    let end = (0..=end)
+                        .rev()
+                        .find(|&i| text.is_char_boundary(i))
+                        .unwrap_or(0);
+                    kept.push(text[..end].trim_end().to_owned());
+                }
+                line.clear();
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(20)) {
@@ -68,7 +128,22 @@ impl ChildGateway {
             child,
             pid,
             addr: addr.parse().expect("ready line names an address"),
+            stderr: seen,
         }
+    }
+
+    /// Bytes the child has written on stderr so far.
+    pub fn stderr_bytes(&self) -> u64 {
+        self.stderr.bytes.load(Ordering::SeqCst)
+    }
+
+    /// The first lines the child wrote on stderr (each clipped to 4 KiB).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr
+            .lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
