@@ -34,6 +34,15 @@ pub const READER_AHEAD: usize = 1024 * 1024;
 /// A reader's handle on a log.
 pub type ReaderId = u64;
 
+/// What one logged frame costs besides its text, counted against the log
+/// bounds so that they bound memory: the entry (twice: a growing queue may
+/// hold as much again in spare room) and an allocation header.
+const ENTRY_COST: usize = 2 * std::mem::size_of::<Entry>() + 16;
+
+/// What a retained log costs besides its frames: itself, its place in the
+/// registry (session id, chat id, map slots).
+const LOG_COST: usize = std::mem::size_of::<ChatLog>() + 256;
+
 /// New frames are in the log of chat `key` (sent to each attached reader
 /// once per append, however many frames it added).
 #[derive(Message, Debug, Clone, Copy)]
@@ -141,7 +150,7 @@ impl ChatLog {
         cancel: Box<dyn Fn() + Send + Sync>,
         first: Recipient<LogReady>,
     ) -> ChatLog {
-        let retained = chats.resumable();
+        let retained = chats.resumable() && chats.reserve(LOG_COST);
         ChatLog {
             key,
             id,
@@ -153,7 +162,7 @@ impl ChatLog {
                 frames: VecDeque::new(),
                 first_seq: 1,
                 next_seq: 1,
-                bytes: 0,
+                bytes: if retained { LOG_COST } else { 0 },
                 retained,
                 readers: vec![Reader {
                     id: Self::FIRST,
@@ -305,15 +314,19 @@ impl ChatLog {
             ),
             EventKind::Chunk { .. } | EventKind::Whole { .. } => return,
         };
-        let text = ByteString::from(frame.to_json());
+        let json = frame.to_json();
+        // The memory the frame takes: its buffer (with the encoder's spare
+        // room) and its entry.
+        let cost = json.capacity() + ENTRY_COST;
+        let text = ByteString::from(json);
         let len = text.len();
         inner.next_seq += 1;
         for r in &mut inner.readers {
             r.unread += len;
         }
         if inner.retained {
-            if inner.bytes + len <= self.chats.max_chat_bytes() && self.chats.reserve(len) {
-                inner.bytes += len;
+            if inner.bytes + cost <= self.chats.max_chat_bytes() && self.chats.reserve(cost) {
+                inner.bytes += cost;
             } else {
                 // Past a bound: keep streaming, stop retaining.
                 self.stop_retaining(inner);
@@ -327,6 +340,8 @@ impl ChatLog {
     /// slot is released with `outcome`.
     fn finish(&self, inner: &mut Inner, outcome: Outcome) {
         inner.ended = Some((outcome, Instant::now()));
+        // Nothing is added any more: give the queue's spare room back.
+        inner.frames.shrink_to_fit();
         if let Some(mut slot) = inner.slot.take() {
             slot.set_outcome(outcome);
         }
