@@ -22,4 +22,6 @@ if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
 ulimit -n "$hard" 2>/dev/null || true
 
 echo "# $(nproc) CPU(s): $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(uname -sr)" >&2
-exec target/release/netfly-bench --gateway-bin target/release/netfly "$@"
+# The shared workspace target/, or wherever CARGO_TARGET_DIR puts it.
+bin="${CARGO_TARGET_DIR:-target}/release"
+exec "$bin/netfly-bench" --gateway-bin "$bin/netfly" "$@"
