@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests
 # need (headless Chromium + ChromeDriver for the browser tests), then the
-# whole cargo test suite (unit, integration, browser).
+# whole cargo test suite of the workspace (the gateway's unit, integration
+# and browser tests, and the unit tests of the bench tool in tools/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ bash scripts/install-deploy-deps.sh
 # (RUST_TEST_THREADS, not --test-threads: the criterion bench target, run
 # once in test mode by --all-targets, does not take libtest's flags.)
 mkdir -p target
-RUST_TEST_THREADS="${NETFLY_TEST_THREADS:-4}" cargo test --all-targets --locked 2>&1 | tee target/test-output.log
+RUST_TEST_THREADS="${NETFLY_TEST_THREADS:-4}" cargo test --workspace --all-targets --locked 2>&1 | tee target/test-output.log
 
 # Scale-out: nginx in front of two gateways, one killed mid-run.
 bash deploy/scale-test.sh

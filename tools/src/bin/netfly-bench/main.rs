@@ -1123,3 +1123,117 @@ fn cpu_model() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The integrity check and the statistics the report rests on.
+
+    use super::*;
+
+    const SPEC: StreamSpec = StreamSpec {
+        n: 4,
+        b: 24,
+        pace_ms: 0,
+    };
+
+    /// The content the fake upstream sends for delta `seq` at `ns`.
+    fn sent(seq: u64, ns: u64) -> String {
+        let mut s = String::new();
+        upstream::content(seq, ns, SPEC.b, &mut s);
+        s
+    }
+
+    /// Feeds `contents` to a fresh check; (complete, tally).
+    fn run(contents: &[String]) -> (bool, Tally) {
+        let mut t = Tally::default();
+        let mut c = Check::new(SPEC);
+        for (i, content) in contents.iter().enumerate() {
+            c.delta(content, 1_000 + i as u64, &mut t);
+        }
+        (c.complete(), t)
+    }
+
+    #[test]
+    fn an_exact_stream_is_complete_with_latencies() {
+        let all: Vec<String> = (0..4).map(|k| sent(k, 100 * k)).collect();
+        let (complete, t) = run(&all);
+        assert!(complete);
+        assert_eq!(t.deltas, 4);
+        // arrival 1000 + i, sent 100·i
+        assert_eq!(t.lat_ns, vec![1000, 901, 802, 703]);
+    }
+
+    #[test]
+    fn a_missing_repeated_reordered_or_altered_delta_is_caught() {
+        let d: Vec<String> = (0..4).map(|k| sent(k, 7)).collect();
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            ("short", d[..3].to_vec()),
+            ("gap", vec![d[0].clone(), d[2].clone(), d[3].clone()]),
+            (
+                "repeat",
+                vec![
+                    d[0].clone(),
+                    d[1].clone(),
+                    d[1].clone(),
+                    d[2].clone(),
+                    d[3].clone(),
+                ],
+            ),
+            (
+                "swap",
+                vec![d[0].clone(), d[2].clone(), d[1].clone(), d[3].clone()],
+            ),
+            ("extra", [d.clone(), vec![sent(4, 7)]].concat()),
+            ("padding", {
+                let mut v = d.clone();
+                v[2].push('x');
+                v
+            }),
+            ("byte", {
+                let mut v = d.clone();
+                v[1] = v[1].replacen('x', "y", 1);
+                v
+            }),
+            ("garbage", {
+                let mut v = d.clone();
+                v[0] = "not a bench delta".into();
+                v
+            }),
+        ];
+        for (name, contents) in cases {
+            assert!(!run(&contents).0, "{name}: accepted");
+        }
+    }
+
+    #[test]
+    fn settle_counts_a_done_chat_with_bad_deltas_as_an_integrity_failure() {
+        let mut t = Tally::default();
+        let mut c = Check::new(SPEC);
+        c.delta(&sent(0, 1), 5, &mut t);
+        assert!(settle(&mut t, &c, 2, Ok(true)));
+        assert_eq!((t.chats_ok, t.chats_failed, t.integrity_bad), (0, 1, 1));
+        assert_eq!(t.errors.get("integrity"), Some(&1));
+        assert_eq!(t.ttfd_ns, vec![3]);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_in_microseconds() {
+        // 1..=1000 µs, shuffled
+        let mut v: Vec<u64> = (1..=1000u64).rev().map(|us| us * 1000).collect();
+        let p = Pct::of(&mut v).expect("non-empty");
+        assert_eq!(
+            (p.n, p.p50, p.p90, p.p99, p.p999, p.max),
+            (1000, 500.0, 900.0, 990.0, 999.0, 1000.0)
+        );
+        let one = Pct::of(&mut [2500]).expect("non-empty");
+        assert_eq!((one.p50, one.p999, one.max), (2.5, 2.5, 2.5));
+        assert!(Pct::of(&mut []).is_none());
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+}

@@ -238,3 +238,47 @@ fn parse_header(b: &[u8]) -> Option<Header> {
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_headers_of_each_length_form() {
+        // unmasked text, 5 bytes, fin
+        assert_eq!(parse_header(&[0x81, 5]), Some((true, 1, None, 2, 5)));
+        // continuation without fin, 16-bit length
+        assert_eq!(
+            parse_header(&[0x00, 126, 0x01, 0x00]),
+            Some((false, 0, None, 4, 256))
+        );
+        // 64-bit length
+        let mut h = vec![0x82, 127];
+        h.extend_from_slice(&70_000u64.to_be_bytes());
+        assert_eq!(parse_header(&h), Some((true, 2, None, 10, 70_000)));
+        // masked (client → server), key after the length
+        assert_eq!(
+            parse_header(&[0x89, 0x80 | 2, 1, 2, 3, 4]),
+            Some((true, 9, Some([1, 2, 3, 4]), 6, 2))
+        );
+    }
+
+    #[test]
+    fn an_incomplete_header_waits_for_more_bytes() {
+        for partial in [
+            &[][..],
+            &[0x81],
+            &[0x81, 126, 1],
+            &[0x81, 127, 0, 0, 0],
+            &[0x81, 0x85, 1, 2],
+        ] {
+            assert_eq!(parse_header(partial), None, "{partial:?}");
+        }
+    }
+
+    #[test]
+    fn find_locates_the_first_match() {
+        assert_eq!(find(b"ab\r\n\r\ncd\r\n\r\n", b"\r\n\r\n"), Some(2));
+        assert_eq!(find(b"abc", b"abcd"), None);
+    }
+}

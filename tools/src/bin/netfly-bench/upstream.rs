@@ -227,3 +227,43 @@ async fn stream(s: &mut TcpStream, spec: StreamSpec) -> io::Result<()> {
     out.extend_from_slice(b"0\r\n\r\n");
     s.write_all(&out).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_survives_the_trip_through_a_request_body() {
+        let spec = StreamSpec {
+            n: 200,
+            b: 64,
+            pace_ms: 20,
+        };
+        // As the gateway forwards it (the prompt is the last user message;
+        // an earlier "bench n=" in the body does not count).
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"bench n=1 b=1 p=1"}},{{"role":"user","content":"{}"}}],"stream":true}}"#,
+            spec.prompt()
+        );
+        assert_eq!(StreamSpec::from_body(body.as_bytes()), Some(spec));
+        for bad in [
+            &b"{}"[..],
+            b"bench n=3",
+            b"bench n=x b=1 p=1",
+            b"bench b=1 n=1 p=1",
+            b"\xff bench n=1 b=1 p=1",
+        ] {
+            assert_eq!(StreamSpec::from_body(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn content_is_seq_and_time_padded_to_the_size() {
+        let mut s = String::new();
+        content(12, 345, 10, &mut s);
+        assert_eq!(s, "12:345:xxx");
+        // never truncated below the header, even when b is small
+        content(12, 345, 3, &mut s);
+        assert_eq!(s, "12:345:");
+    }
+}
