@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use chat_log::{AttachError, ChatLog, LogReady, Pulled, ReaderId};
+pub use chat_log::{AttachError, ChatLog, LogReady, ReaderId};
 
 use crate::admission::ChatSlot;
 use crate::config::ResumeLimits;
