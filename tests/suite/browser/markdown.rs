@@ -524,3 +524,63 @@ async fn long_markdown_answer_render_cost() {
     );
     browser.close_with(gateway).await;
 }
+
+/// The thinking section end to end: the real gateway turns an upstream's
+/// `reasoning_content` (DeepSeek's shape) into `reasoning` frames, and the
+/// page shows them above the answer, open while they stream, collapsed
+/// once the answer ends; the answer itself is exact.
+#[actix_web::test]
+async fn thinking_section_from_a_real_reasoning_stream() {
+    let mut parts = vec![Part::Bytes(event(&json!({
+        "id": "chatcmpl-r", "object": "chat.completion.chunk", "model": "m",
+        "choices": [{ "index": 0, "delta": { "role": "assistant", "content": null }, "finish_reason": null }]
+    })))];
+    let thought = ["The user ", "says hi; ", "answer **warmly**."];
+    for piece in thought {
+        parts.push(Part::Delay(Duration::from_millis(60)));
+        parts.push(Part::Bytes(event(&json!({
+            "id": "chatcmpl-r", "object": "chat.completion.chunk", "model": "m",
+            "choices": [{ "index": 0, "delta": { "content": null, "reasoning_content": piece }, "finish_reason": null }]
+        }))));
+    }
+    // A pause while the thinking section is open and the answer not begun.
+    parts.push(Part::Delay(Duration::from_millis(700)));
+    for piece in ["Hello ", "there!"] {
+        parts.push(Part::Bytes(event(&crate::support::fake::chunk(piece))));
+        parts.push(Part::Delay(Duration::from_millis(60)));
+    }
+    parts.push(Part::Bytes(event(&crate::support::fake::finish_chunk(
+        "stop",
+    ))));
+    parts.push(Part::Bytes(crate::support::fake::done_event()));
+    let (_turn, _fake, gateway, browser) =
+        open_page(vec![Reply::sse(parts)], &[], (1280, 860), "").await;
+    browser.send_message("hi").await;
+    let open = browser
+        .wait_js(
+            "the thinking section to open with the whole reasoning",
+            &format!(
+                "(() => {{ const t = {LAST} && {LAST}.querySelector('details.thinking'); \
+                 return t && !t.hidden && t.open && t.textContent.includes('answer warmly') && t.textContent; }})()"
+            ),
+            WAIT,
+        )
+        .await;
+    assert!(has_text(&open, "The user says hi;"), "{open}");
+    axe_views(&browser, "thinking open (real reasoning stream)").await;
+    browser.wait_state("done", WAIT).await;
+    let end = browser
+        .eval(&format!(
+            "(() => {{ const t = {LAST}.querySelector('details.thinking'); \
+             return [t.open, {LAST}.querySelector('.turn-body').textContent, \
+             !!(t.compareDocumentPosition({LAST}.querySelector('.turn-body')) & Node.DOCUMENT_POSITION_FOLLOWING), \
+             t.querySelector('strong') && t.querySelector('strong').textContent]; }})()"
+        ))
+        .await;
+    assert_eq!(
+        end,
+        json!([false, "Hello there!", true, "warmly"]),
+        "collapsed after the end, above an exact answer, rendered as Markdown"
+    );
+    browser.close_with(gateway).await;
+}
