@@ -310,6 +310,16 @@ fn limit<T: std::str::FromStr + PartialOrd + Copy + From<u8>>(
     )
 }
 
+/// A size in bytes, at least `min`.
+fn bytes(raw: Option<Raw>, default: usize, min: usize) -> Result<usize, String> {
+    int(
+        raw,
+        default,
+        min,
+        &format!("expected a whole number of bytes ≥ {min}"),
+    )
+}
+
 fn millis(raw: Option<Raw>, default: u64, min: u64) -> Result<Duration, String> {
     let what = if min == 0 {
         "expected a whole number of milliseconds"
@@ -573,11 +583,10 @@ impl Config {
             ),
             4usize,
         )?;
-        let max_frame_bytes = int(
+        let max_frame_bytes = bytes(
             pick(f.max_frame_bytes, "max-frame-bytes", lookup),
-            1_048_576usize,
+            1 << 20,
             128,
-            "expected a whole number of bytes ≥ 128",
         )?;
         let max_image_bytes = at_least_one(
             pick(f.max_image_bytes, "max-image-bytes", lookup),
@@ -593,21 +602,19 @@ impl Config {
             "max-chats-per-minute-per-ip",
             lookup,
         ))?;
-        let max_upstream_event_bytes = int(
+        let max_upstream_event_bytes = bytes(
             pick(
                 f.max_upstream_event_bytes,
                 "max-upstream-event-bytes",
                 lookup,
             ),
-            1_048_576usize,
+            1 << 20,
             1024,
-            "expected a whole number of bytes ≥ 1024",
         )?;
-        let max_upstream_body_bytes = int(
+        let max_upstream_body_bytes = bytes(
             pick(f.max_upstream_body_bytes, "max-upstream-body-bytes", lookup),
-            16_777_216usize,
+            16 << 20,
             1024,
-            "expected a whole number of bytes ≥ 1024",
         )?;
         let trusted_proxies = match pick(f.trusted_proxies, "trusted-proxies", lookup) {
             None => Vec::new(),

@@ -354,17 +354,24 @@ impl ChatTask {
         if !is_sse {
             return self.whole_body(target, resp, p).await;
         }
-        if !p.started {
-            p.started = true;
-            let start = EventKind::Start {
-                upstream: target.host.clone(),
-                attempt: p.attempts,
-            };
-            if !self.emit(start).await {
-                return AttemptEnd::ClientGone;
-            }
+        if !self.started(target, p).await {
+            return AttemptEnd::ClientGone;
         }
         self.stream(target, resp, p).await
+    }
+
+    /// Sends `start` (an upstream answered 2xx), once per chat; false when
+    /// nobody takes the chat's events any more.
+    async fn started(&self, target: &Target, p: &mut Progress) -> bool {
+        if p.started {
+            return true;
+        }
+        p.started = true;
+        self.emit(EventKind::Start {
+            upstream: target.host.clone(),
+            attempt: p.attempts,
+        })
+        .await
     }
 
     /// Reads the SSE body, forwarding every content fragment.
@@ -556,15 +563,8 @@ impl ChatTask {
                 finish_reason,
                 usage,
             } => {
-                if !p.started {
-                    p.started = true;
-                    let start = EventKind::Start {
-                        upstream: target.host.clone(),
-                        attempt: p.attempts,
-                    };
-                    if !self.emit(start).await {
-                        return AttemptEnd::ClientGone;
-                    }
+                if !self.started(target, p).await {
+                    return AttemptEnd::ClientGone;
                 }
                 if self.call.passthrough() {
                     // The completion as the client gets it, `model` mapped
