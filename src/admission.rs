@@ -15,6 +15,12 @@
 //!   (a cross-site page can send `text/plain` or a form without asking),
 //!   and a declared body over the limit refused before it is read.
 //!
+//! With `--resume-store redis://…` the per-minute budgets (per address,
+//! per token) and the per-token concurrency are counted in Redis, one
+//! atomic script per admission, so they hold for all instances together;
+//! when Redis does not answer, they are counted here (per instance) until
+//! it does. The `memory` store counts them here.
+//!
 //! `/v1` has no socket, so the chat limits are stated in socket terms:
 //! an address may have `--max-connections-per-ip` × streams chats in
 //! flight, the gateway `--max-connections` × streams; a WebSocket client
@@ -30,6 +36,7 @@ use actix_web::http::header;
 use actix_web::HttpRequest;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::chats::store::{Admit, RedisStore, SharedLimits, SharedSlot};
 use crate::config::{AllowedHosts, AllowedOrigins, Config};
 use crate::error::{Busy, ChatError, Outcome};
 use crate::logsafe::{self, clip};
@@ -60,10 +67,49 @@ impl Refusal {
     }
 }
 
-/// Who is asking: the client's address (after trusted proxies).
+/// Who is asking: the client's address (after trusted proxies) and, when
+/// per-token limits are set, the token it presented (hashed).
 #[derive(Debug, Clone, Default)]
 pub struct Client {
     pub ip: Option<IpAddr>,
+    pub token: Option<TokenKey>,
+}
+
+/// An auth token as limits know it: the first 128 bits of its SHA-256, in
+/// hex. The token itself is never kept for limits nor sent to Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey(Arc<str>);
+
+impl TokenKey {
+    pub fn of(token: &str) -> TokenKey {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(token.as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        TokenKey(hex.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The token a client presented, keyed for the per-token limits (only
+/// when some are set: otherwise it is not hashed at all).
+fn token_key(config: &Config, presented: Option<&str>) -> Option<TokenKey> {
+    let limited =
+        config.max_chats_per_minute_per_token > 0 || config.max_concurrent_chats_per_token > 0;
+    presented
+        .filter(|t| limited && !t.is_empty())
+        .map(TokenKey::of)
+}
+
+/// Who is asking, for an API request (`/v1`): its address and its
+/// `Authorization: Bearer` token.
+pub fn api_client(req: &HttpRequest, config: &Config) -> Client {
+    Client {
+        ip: client_ip(req, &config.trusted_proxies),
+        token: token_key(config, bearer_token(req)),
+    }
 }
 
 /// The gateway's counters of sockets and chats, shared by every worker.
@@ -76,10 +122,24 @@ pub struct Admission {
     chats: Arc<Semaphore>,
     max_chats: u32,
     ips: Arc<IpLimits>,
+    tokens: Arc<TokenLimits>,
+    /// Where the cluster-wide budgets are counted (`redis://` store).
+    store: Option<Arc<RedisStore>>,
+    shared_limits: SharedLimits,
 }
 
 impl Admission {
     pub fn new(config: &Config, metrics: Metrics) -> Admission {
+        Self::with_store(config, metrics, None)
+    }
+
+    /// Admission whose per-minute and per-token budgets are counted in
+    /// `store` (when given) for every instance sharing it.
+    pub fn with_store(
+        config: &Config,
+        metrics: Metrics,
+        store: Option<Arc<RedisStore>>,
+    ) -> Admission {
         let streams = config.max_streams_per_connection;
         // A semaphore counts at most u32::MAX permits at once in `acquire_many`.
         let max_chats = u32::try_from(config.max_connections.saturating_mul(streams))
@@ -99,6 +159,17 @@ impl Admission {
                 chats_per_minute: config.max_chats_per_minute_per_ip,
                 table: Mutex::new(HashMap::new()),
             }),
+            tokens: Arc::new(TokenLimits {
+                max_chats: config.max_concurrent_chats_per_token,
+                chats_per_minute: config.max_chats_per_minute_per_token,
+                table: Mutex::new(HashMap::new()),
+            }),
+            store,
+            shared_limits: SharedLimits {
+                per_minute_per_ip: config.max_chats_per_minute_per_ip,
+                per_minute_per_token: config.max_chats_per_minute_per_token,
+                concurrent_per_token: config.max_concurrent_chats_per_token,
+            },
         }
     }
 
@@ -142,9 +213,10 @@ impl Admission {
     ) -> Result<SocketPermit, Refusal> {
         let admission = self;
         origin_allowed(req, &config.allowed_origins)?;
+        let presented = presented_token(req);
         if !config.auth_tokens.is_empty() {
-            let presented = presented_token(req).unwrap_or_default();
-            if !token_accepted(&presented, &config.auth_tokens) {
+            let presented = presented.as_deref().unwrap_or_default();
+            if !token_accepted(presented, &config.auth_tokens) {
                 return Err(Refusal::Unauthorized);
             }
         }
@@ -164,7 +236,10 @@ impl Admission {
             .try_acquire_owned()
             .map_err(|_| Refusal::Full)?;
         Ok(SocketPermit {
-            client: Client { ip },
+            client: Client {
+                ip,
+                token: token_key(config, presented.as_deref()),
+            },
             _total: total,
             _ip: ip_permit,
         })
@@ -172,8 +247,10 @@ impl Admission {
 
     /// The one way in for a chat, from either front end: refuses it while
     /// draining or past a limit (counting the refusal), else counts it in
-    /// flight and returns its slot.
-    pub fn admit_chat(&self, client: &Client) -> Result<ChatSlot, ChatError> {
+    /// flight and returns its slot. With a shared store it spends from the
+    /// cluster-wide budgets (one round trip); otherwise, or when the store
+    /// does not answer, it completes without waiting.
+    pub async fn admit_chat(&self, client: &Client) -> Result<ChatSlot, ChatError> {
         let refuse = |why: Busy| {
             let err = ChatError::Busy(why);
             self.metrics.chat_ended(Outcome::Failed(err.code()));
@@ -186,11 +263,54 @@ impl Admission {
         let Ok(total) = admission.chats.clone().try_acquire_owned() else {
             return refuse(Busy::ChatsInTotal(admission.max_chats as usize));
         };
+        // The cluster-wide budgets first: counted there, they are not
+        // counted again here (the in-flight counts here still are: a
+        // fallback starts from them).
+        let mut shared_slot = None;
+        let mut counted_shared = false;
+        if let (Some(store), true) = (&self.store, self.limits_shared(client)) {
+            let ip = client.ip.map(|ip| ip.to_string());
+            let token = client.token.as_ref().map(TokenKey::as_str);
+            match store.admit(ip.as_deref(), token, self.shared_limits).await {
+                Ok((Admit::Ok, slot)) => {
+                    shared_slot = slot;
+                    counted_shared = true;
+                }
+                Ok((Admit::PerMinutePerIp, _)) => {
+                    return refuse(Busy::ChatsPerMinutePerIp(
+                        self.shared_limits.per_minute_per_ip,
+                    ))
+                }
+                Ok((Admit::PerMinutePerToken, _)) => {
+                    return refuse(Busy::ChatsPerMinutePerToken(
+                        self.shared_limits.per_minute_per_token,
+                    ))
+                }
+                Ok((Admit::ConcurrentPerToken, _)) => {
+                    return refuse(Busy::ChatsPerToken(self.shared_limits.concurrent_per_token))
+                }
+                Err(()) => {}
+            }
+            if self.draining() {
+                return refuse(Busy::Draining);
+            }
+        }
         let ip = match client.ip {
-            Some(ip) if admission.ips.limits_chats() => match admission.ips.try_start_chat(ip) {
-                Ok(permit) => Some(permit),
-                Err(why) => return refuse(why),
-            },
+            Some(ip) if admission.ips.limits_chats() => {
+                match admission.ips.try_start_chat(ip, !counted_shared) {
+                    Ok(permit) => Some(permit),
+                    Err(why) => return refuse(why),
+                }
+            }
+            _ => None,
+        };
+        let token = match &client.token {
+            Some(key) if admission.tokens.limits_chats() => {
+                match admission.tokens.try_start_chat(key, !counted_shared) {
+                    Ok(permit) => Some(permit),
+                    Err(why) => return refuse(why),
+                }
+            }
             _ => None,
         };
         self.metrics.chat_started();
@@ -201,7 +321,17 @@ impl Admission {
             deltas: 0,
             _total: total,
             _ip: ip,
+            _token: token,
+            _shared: shared_slot,
         })
+    }
+
+    /// Whether a chat of `client` spends from a cluster-wide budget.
+    fn limits_shared(&self, client: &Client) -> bool {
+        let l = &self.shared_limits;
+        (client.ip.is_some() && l.per_minute_per_ip > 0)
+            || (client.token.is_some()
+                && (l.per_minute_per_token > 0 || l.concurrent_per_token > 0))
     }
 }
 
@@ -215,6 +345,9 @@ pub struct ChatSlot {
     deltas: u64,
     _total: OwnedSemaphorePermit,
     _ip: Option<IpPermit>,
+    _token: Option<TokenPermit>,
+    /// Its place in the token's cluster-wide concurrency budget.
+    _shared: Option<SharedSlot>,
 }
 
 impl ChatSlot {
@@ -644,15 +777,16 @@ impl IpLimits {
     }
 
     /// Starts a chat for `ip`: checks its chats in flight, then spends one
-    /// chat from its per-minute budget.
-    fn try_start_chat(self: &Arc<Self>, ip: IpAddr) -> Result<IpPermit, Busy> {
+    /// chat from its per-minute budget (unless `spend` is false: the shared
+    /// store counted it).
+    fn try_start_chat(self: &Arc<Self>, ip: IpAddr, spend: bool) -> Result<IpPermit, Busy> {
         let mut table = self.lock();
         let now = Instant::now();
         let e = self.entry(&mut table, ip, now);
         if self.max_chats > 0 && e.chats >= self.max_chats {
             return Err(Busy::ChatsPerIp(self.max_chats));
         }
-        if self.chats_per_minute > 0 {
+        if self.chats_per_minute > 0 && spend {
             let full = self.full_bucket();
             e.tokens = e.tokens_at(now, full / 60.0, full);
             e.refilled = now;
@@ -666,6 +800,107 @@ impl IpLimits {
             limits: self.clone(),
             ip,
             kind: Kind::Chat,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- per token
+
+/// Per-token limits counted in this process (the `memory` store, or the
+/// fallback while Redis does not answer): chats in flight and chats per
+/// minute (a token bucket), by hashed token.
+#[derive(Debug)]
+struct TokenLimits {
+    /// Chats in flight at once (0 = no limit).
+    max_chats: usize,
+    /// Chats started per minute (0 = no limit).
+    chats_per_minute: u32,
+    table: Mutex<HashMap<TokenKey, TokenEntry>>,
+}
+
+#[derive(Debug)]
+struct TokenEntry {
+    chats: usize,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// One chat's share of its token's limits, released on drop.
+#[derive(Debug)]
+struct TokenPermit {
+    limits: Arc<TokenLimits>,
+    key: TokenKey,
+}
+
+impl Drop for TokenPermit {
+    fn drop(&mut self) {
+        let limits = &self.limits;
+        let mut table = limits.lock();
+        let now = Instant::now();
+        let forget = match table.get_mut(&self.key) {
+            Some(e) => {
+                e.chats = e.chats.saturating_sub(1);
+                limits.idle(e, now)
+            }
+            None => false,
+        };
+        if forget {
+            table.remove(&self.key);
+        }
+    }
+}
+
+impl TokenLimits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, TokenEntry>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn limits_chats(&self) -> bool {
+        self.max_chats > 0 || self.chats_per_minute > 0
+    }
+
+    fn full_bucket(&self) -> f64 {
+        f64::from(self.chats_per_minute)
+    }
+
+    fn tokens_at(&self, e: &TokenEntry, now: Instant) -> f64 {
+        let full = self.full_bucket();
+        let elapsed = now.duration_since(e.refilled).as_secs_f64();
+        (e.tokens + elapsed * full / 60.0).min(full)
+    }
+
+    fn idle(&self, e: &TokenEntry, now: Instant) -> bool {
+        e.chats == 0 && self.tokens_at(e, now) >= self.full_bucket()
+    }
+
+    /// Starts a chat with token `key`: checks its chats in flight, then
+    /// spends from its per-minute budget (unless `spend` is false).
+    fn try_start_chat(self: &Arc<Self>, key: &TokenKey, spend: bool) -> Result<TokenPermit, Busy> {
+        let mut table = self.lock();
+        let now = Instant::now();
+        if table.len() >= PRUNE_AT {
+            table.retain(|_, e| !self.idle(e, now));
+        }
+        let e = table.entry(key.clone()).or_insert_with(|| TokenEntry {
+            chats: 0,
+            tokens: self.full_bucket(),
+            refilled: now,
+        });
+        if self.max_chats > 0 && e.chats >= self.max_chats {
+            return Err(Busy::ChatsPerToken(self.max_chats));
+        }
+        if self.chats_per_minute > 0 && spend {
+            e.tokens = self.tokens_at(e, now);
+            e.refilled = now;
+            if e.tokens < 1.0 {
+                return Err(Busy::ChatsPerMinutePerToken(self.chats_per_minute));
+            }
+            e.tokens -= 1.0;
+        }
+        e.chats += 1;
+        Ok(TokenPermit {
+            limits: self.clone(),
+            key: key.clone(),
         })
     }
 }

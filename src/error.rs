@@ -70,6 +70,10 @@ pub enum Busy {
     /// The gateway has this many chats in flight (`--max-connections` ×
     /// streams).
     ChatsInTotal(usize),
+    /// The auth token spent its `--max-chats-per-minute-per-token` budget.
+    ChatsPerMinutePerToken(u32),
+    /// The auth token has `--max-concurrent-chats-per-token` chats in flight.
+    ChatsPerToken(usize),
 }
 
 impl fmt::Display for Busy {
@@ -91,6 +95,14 @@ impl fmt::Display for Busy {
             Busy::ChatsInTotal(n) => write!(
                 f,
                 "the gateway has {n} chats in flight, its limit; retry shortly"
+            ),
+            Busy::ChatsPerMinutePerToken(n) => write!(
+                f,
+                "more than {n} chats per minute with your token; slow down"
+            ),
+            Busy::ChatsPerToken(n) => write!(
+                f,
+                "{n} chats are already in flight with your token; wait for one to finish"
             ),
         }
     }

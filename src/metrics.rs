@@ -40,6 +40,8 @@ pub struct Metrics {
     pub resumes_total: IntCounterVec,
     /// Pieces of model reasoning received from upstreams.
     pub reasoning_deltas_total: IntCounter,
+    /// Round trips to the resume store (Redis) that failed.
+    pub resume_store_errors_total: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -110,7 +112,11 @@ impl Metrics {
             "netfly_reasoning_deltas_total",
             "Pieces of model reasoning received from upstreams",
         )?;
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let resume_store_errors_total = IntCounter::new(
+            "netfly_resume_store_errors_total",
+            "Round trips to the resume store (Redis) that failed",
+        )?;
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(ws_connections.clone()),
             Box::new(chats_active.clone()),
             Box::new(chats_total.clone()),
@@ -124,6 +130,7 @@ impl Metrics {
             Box::new(chats_detached.clone()),
             Box::new(resumes_total.clone()),
             Box::new(reasoning_deltas_total.clone()),
+            Box::new(resume_store_errors_total.clone()),
         ];
         for c in collectors {
             registry.register(c)?;
@@ -143,6 +150,7 @@ impl Metrics {
             chats_detached,
             resumes_total,
             reasoning_deltas_total,
+            resume_store_errors_total,
         })
     }
 

@@ -49,7 +49,7 @@ use futures_util::{Stream, StreamExt as _};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::admission::{self, ChatSlot, Client};
+use crate::admission::{self, ChatSlot};
 use crate::chats::EventKind;
 use crate::error::{ChatError, Outcome};
 use crate::protocol;
@@ -404,10 +404,8 @@ async fn chat_completions(
             return chat_error_response(&err);
         }
     };
-    let client = Client {
-        ip: admission::client_ip(&req, &shared.config.trusted_proxies),
-    };
-    let slot = match shared.admission.admit_chat(&client) {
+    let client = admission::api_client(&req, &shared.config);
+    let slot = match shared.admission.admit_chat(&client).await {
         Ok(slot) => slot,
         Err(err) => return chat_error_response(&err),
     };

@@ -30,7 +30,9 @@ use futures_util::future::{ready, Either};
 
 use crate::admission::{self, Refusal};
 use crate::assets;
-use crate::config::{Config, UpstreamSpec};
+use crate::chats::store::StoreTasks;
+use crate::chats::RedisStore;
+use crate::config::{Config, ResumeStore, UpstreamSpec};
 use crate::demo::{self, Demo};
 use crate::logsafe::{self, clip};
 use crate::metrics::Metrics;
@@ -375,6 +377,8 @@ pub struct Gateway {
     demo: Option<Demo>,
     shared: Arc<Shared>,
     reaper: tokio::task::JoinHandle<()>,
+    /// The shared resume store's writer and cancel listener, if any.
+    store: Option<StoreTasks>,
 }
 
 impl Gateway {
@@ -385,6 +389,16 @@ impl Gateway {
         // even for plain-http upstreams. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
 
+        let metrics = Metrics::new().map_err(io::Error::other)?;
+        // The shared store first: unreachable, the gateway does not start.
+        let store = match &config.resume_store {
+            ResumeStore::Memory => None,
+            ResumeStore::Redis(url) => Some(
+                RedisStore::connect(url, config.resume.window, metrics.clone())
+                    .await
+                    .map_err(io::Error::other)?,
+            ),
+        };
         let demo = if config
             .upstreams
             .iter()
@@ -408,9 +422,9 @@ impl Gateway {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
-        let metrics = Metrics::new().map_err(io::Error::other)?;
-        let shared = Arc::new(Shared::new(config, metrics));
+        let shared = Arc::new(Shared::new(config, metrics, store.clone()));
         let reaper = actix_rt::spawn(shared.chats.clone().reap());
+        let store = store.map(|s| s.spawn(shared.chats.clone()));
         let shared_out = shared.clone();
         let workers = shared.config.workers;
         let mut builder = actix_server::Server::build()
@@ -440,6 +454,7 @@ impl Gateway {
             demo,
             shared: shared_out,
             reaper,
+            store,
         })
     }
 
@@ -459,7 +474,7 @@ impl Gateway {
     /// Stops the server now: every chat still running ends with an
     /// `upstream_unavailable` error, every socket is closed (1001) and the
     /// server stopped. See [`Gateway::shutdown`] for the graceful path.
-    pub async fn stop(self, graceful: bool) {
+    pub async fn stop(mut self, graceful: bool) {
         self.shared.start_draining();
         // Every chat still running ends with its terminal frame (PROTOCOL.md
         // §1), detached ones too; sockets then write what their chats' logs
@@ -469,6 +484,10 @@ impl Gateway {
         self.shared.admission.all_chats_ended(settle).await;
         self.shared.close_all();
         self.reaper.abort();
+        if let Some(store) = self.store.take() {
+            // The chats' last frames (and lease releases) reach the store.
+            store.stop(std::time::Duration::from_secs(1)).await;
+        }
         if graceful {
             // Let the close frames reach the browsers.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

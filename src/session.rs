@@ -23,10 +23,10 @@ use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use bytes::Bytes;
 use bytestring::ByteString;
-use futures_util::Stream;
+use futures_util::{FutureExt as _, Stream};
 
 use crate::admission::SocketPermit;
-use crate::chats::{AttachError, ChatLog, LogReady, ReaderId, SessionId};
+use crate::chats::{AttachError, ChatLog, Link, LogReady, ReaderId, SessionId};
 use crate::error::{Busy, ChatError, Outcome};
 use crate::protocol::{self, ChatRequest, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
@@ -43,6 +43,14 @@ struct Attached {
     reader: ReaderId,
     /// The log may hold frames this socket has not pulled yet.
     pending: bool,
+}
+
+/// A chat or resume of this socket waiting on the shared store (admission,
+/// or a lookup): its id is taken, and it counts toward `max_streams`.
+struct Pending {
+    id: String,
+    /// A `cancel` came meanwhile: the chat is cancelled once it starts.
+    cancelled: bool,
 }
 
 /// Bytes queued on the socket versus bytes handed to the HTTP layer; the
@@ -119,6 +127,7 @@ pub struct Session {
     /// Names this socket's chats for resumes.
     session: SessionId,
     chats: Vec<Attached>,
+    pending: Vec<Pending>,
     last_seen: Instant,
     partial: Option<Partial>,
     output: Rc<Output>,
@@ -152,6 +161,7 @@ pub fn start(
         upstream,
         session: SessionId::random(),
         chats: Vec::new(),
+        pending: Vec::new(),
         last_seen: Instant::now(),
         partial: None,
         output: output.clone(),
@@ -189,6 +199,19 @@ impl Session {
         self.chats.iter().position(|c| c.id == id)
     }
 
+    /// Whether `id` is in flight on this socket (or about to be).
+    fn taken(&self, id: &str) -> bool {
+        self.position(id).is_some() || self.pending.iter().any(|p| p.id == id)
+    }
+
+    /// `id` is no longer pending; returns whether it was cancelled meanwhile.
+    fn unpend(&mut self, id: &str) -> bool {
+        match self.pending.iter().position(|p| p.id == id) {
+            Some(i) => self.pending.remove(i).cancelled,
+            None => false,
+        }
+    }
+
     fn close(&self, ctx: &mut Ctx, code: ws::CloseCode, why: &str) {
         ctx.close(Some(ws::CloseReason {
             code,
@@ -200,7 +223,8 @@ impl Session {
     /// Refuses a chat or resume that would pass `--max-streams-per-connection`.
     fn streams_full(&self) -> Option<ChatError> {
         let max = self.shared.config.max_streams_per_connection;
-        (self.chats.len() >= max).then_some(ChatError::Busy(Busy::StreamsPerSocket(max)))
+        (self.chats.len() + self.pending.len() >= max)
+            .then_some(ChatError::Busy(Busy::StreamsPerSocket(max)))
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
@@ -214,6 +238,8 @@ impl Session {
                 // `done` it gets arrives through its log, like any frame.
                 if let Some(pos) = self.position(&id) {
                     self.chats[pos].log.cancel();
+                } else if let Some(p) = self.pending.iter_mut().find(|p| p.id == id) {
+                    p.cancelled = true;
                 }
             }
             Ok(ClientFrame::Resume { session, id, after }) => {
@@ -221,7 +247,7 @@ impl Session {
             }
             Err(FrameError { id, error, resume }) => {
                 // Never tie an error to a chat that is running under that id.
-                let id = id.filter(|i| self.position(i).is_none());
+                let id = id.filter(|i| !self.taken(i));
                 if resume {
                     self.resumed("bad_request");
                 } else if id.is_some() {
@@ -235,7 +261,7 @@ impl Session {
     }
 
     fn on_chat(&mut self, request: ChatRequest, ctx: &mut Ctx) {
-        if self.position(&request.id).is_some() {
+        if self.taken(&request.id) {
             let err = ChatError::BadRequest(format!(
                 "duplicate id {:?}: a chat with this id is already in flight",
                 request.id
@@ -243,13 +269,38 @@ impl Session {
             self.send_error(ctx, None, &err);
             return;
         }
-        let admitted = match self.streams_full() {
-            Some(err) => {
-                self.shared.metrics.chat_ended(Outcome::Failed(err.code()));
-                Err(err)
-            }
-            None => self.shared.admission.admit_chat(&self.permit.client),
-        };
+        if let Some(err) = self.streams_full() {
+            self.shared.metrics.chat_ended(Outcome::Failed(err.code()));
+            self.send_error(ctx, Some(&request.id), &err);
+            return;
+        }
+        let shared = self.shared.clone();
+        let client = self.permit.client.clone();
+        let mut admit = Box::pin(async move { shared.admission.admit_chat(&client).await });
+        // Without a shared store admission needs no round trip: the chat
+        // starts now, in the order its frame came.
+        if let Some(admitted) = (&mut admit).now_or_never() {
+            return self.admitted(request, admitted, false, ctx);
+        }
+        self.pending.push(Pending {
+            id: request.id.clone(),
+            cancelled: false,
+        });
+        ctx.spawn(admit.into_actor(self).map(move |admitted, act, ctx| {
+            let cancelled = act.unpend(&request.id);
+            act.contained(ctx, |s, ctx| s.admitted(request, admitted, cancelled, ctx));
+        }));
+    }
+
+    /// Starts an admitted chat (cancelled at once when a `cancel` came
+    /// while it waited), or sends its refusal.
+    fn admitted(
+        &mut self,
+        request: ChatRequest,
+        admitted: Result<crate::admission::ChatSlot, ChatError>,
+        cancelled: bool,
+        ctx: &mut Ctx,
+    ) {
         let slot = match admitted {
             Ok(slot) => slot,
             Err(err) => {
@@ -277,8 +328,11 @@ impl Session {
         self.upstream.do_send(StartChat {
             key,
             call: ChatCall::Frame(request),
-            sink: ChatSink::Log(log),
+            sink: ChatSink::Log(log.clone()),
         });
+        if cancelled {
+            log.cancel();
+        }
     }
 
     /// Counts one `resume` by its result.
@@ -291,27 +345,76 @@ impl Session {
     }
 
     fn on_resume(&mut self, session: &str, id: String, after: u64, ctx: &mut Ctx) {
-        let refuse = |s: &Self, ctx: &mut Ctx, id: Option<&str>, err: ChatError, result| {
-            s.resumed(result);
-            s.send_error(ctx, id, &err);
-        };
-        if self.position(&id).is_some() {
+        if self.taken(&id) {
             let err = ChatError::BadRequest(format!(
                 "a chat with id {id:?} is already in flight on this socket"
             ));
-            return refuse(self, ctx, None, err, "bad_request");
+            return self.refuse_resume(ctx, None, err, "bad_request");
         }
-        let unavailable = || {
-            ChatError::ResumeUnavailable(format!(
-                "chat {id:?} of that session cannot be resumed: unknown, expired or dropped"
-            ))
-        };
-        let Some(log) = SessionId::parse(session).and_then(|s| self.shared.chats.find(&s, &id))
-        else {
-            return refuse(self, ctx, Some(&id), unavailable(), "unavailable");
-        };
+        let session = SessionId::parse(session);
+        let local = session
+            .as_ref()
+            .and_then(|s| self.shared.chats.find(s, &id));
+        match (local, session) {
+            // This instance runs the chat (or the store is `memory`).
+            (Some(log), _) if !matches!(log.link(), Link::Mirror(_)) => {
+                self.attach_resumed(id, log, after, false, ctx)
+            }
+            // Another instance runs it, maybe: ask the shared store.
+            (_, Some(session)) if self.shared.chats.store().is_some() => {
+                self.resume_remote(session, id, after, ctx)
+            }
+            _ => self.refuse_resume(ctx, Some(&id), unavailable(&id), "unavailable"),
+        }
+    }
+
+    /// Counts a refused resume and sends its `error`.
+    fn refuse_resume(&self, ctx: &mut Ctx, id: Option<&str>, err: ChatError, result: &str) {
+        self.resumed(result);
+        self.send_error(ctx, id, &err);
+    }
+
+    /// Looks chat `id` of `session` up in the shared store (its id is taken
+    /// meanwhile), then attaches to the copy made here.
+    fn resume_remote(&mut self, session: SessionId, id: String, after: u64, ctx: &mut Ctx) {
         if let Some(err) = self.streams_full() {
-            return refuse(self, ctx, Some(&id), err, "busy");
+            return self.refuse_resume(ctx, Some(&id), err, "busy");
+        }
+        self.pending.push(Pending {
+            id: id.clone(),
+            cancelled: false,
+        });
+        let chats = self.shared.chats.clone();
+        let ending = self.shared.chats_ending();
+        let wanted = id.clone();
+        let find = async move {
+            let log = chats.find_remote(&session, &wanted, ending).await?;
+            // The owner sends a frame to its sockets before the store has
+            // it: a client may be a burst ahead of the copy.
+            chats.catch_up(&log, after).await;
+            Some(log)
+        };
+        ctx.spawn(find.into_actor(self).map(move |log, act, ctx| {
+            let cancelled = act.unpend(&id);
+            act.contained(ctx, |s, ctx| match log {
+                Some(log) => s.attach_resumed(id, log, after, cancelled, ctx),
+                None => s.refuse_resume(ctx, Some(&id), unavailable(&id), "unavailable"),
+            });
+        }));
+    }
+
+    /// Attaches this socket to `log` from `after` (cancelling it at once
+    /// when a `cancel` came while the resume waited).
+    fn attach_resumed(
+        &mut self,
+        id: String,
+        log: Arc<ChatLog>,
+        after: u64,
+        cancelled: bool,
+        ctx: &mut Ctx,
+    ) {
+        if let Some(err) = self.streams_full() {
+            return self.refuse_resume(ctx, Some(&id), err, "busy");
         }
         match log.attach(ctx.address().recipient(), after) {
             Ok(reader) => {
@@ -319,20 +422,23 @@ impl Session {
                 self.shared.chats.name(&self.session, &log);
                 self.chats.push(Attached {
                     id,
-                    log,
+                    log: log.clone(),
                     reader,
                     pending: true,
                 });
+                if cancelled {
+                    log.cancel();
+                }
                 self.pump(ctx);
             }
             Err(AttachError::AfterPastEnd { after, last }) => {
                 let err = ChatError::BadRequest(format!(
                     "\"after\" is {after} but chat {id:?} has sent only {last} frames"
                 ));
-                refuse(self, ctx, Some(&id), err, "bad_request");
+                self.refuse_resume(ctx, Some(&id), err, "bad_request");
             }
             Err(AttachError::Unavailable) => {
-                refuse(self, ctx, Some(&id), unavailable(), "unavailable")
+                self.refuse_resume(ctx, Some(&id), unavailable(&id), "unavailable")
             }
         }
     }
@@ -378,6 +484,13 @@ impl Session {
             }
         }
     }
+}
+
+/// The refusal of a resume naming no chat that can be resumed.
+fn unavailable(id: &str) -> ChatError {
+    ChatError::ResumeUnavailable(format!(
+        "chat {id:?} of that session cannot be resumed: unknown, expired or dropped"
+    ))
 }
 
 impl Session {

@@ -6,7 +6,7 @@ use tokio::sync::watch;
 use std::sync::Arc;
 
 use crate::admission::Admission;
-use crate::chats::Chats;
+use crate::chats::{Chats, RedisStore};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -22,10 +22,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, metrics: Metrics) -> Shared {
+    /// `store`: the shared resume store (`--resume-store redis://…`),
+    /// already connected, or `None` (`memory`).
+    pub fn new(
+        config: Config,
+        metrics: Metrics,
+        store: Option<Arc<RedisStore>>,
+    ) -> Shared {
         Shared {
-            admission: Admission::new(&config, metrics.clone()),
-            chats: Chats::new(config.resume, metrics.clone()),
+            admission: Admission::with_store(&config, metrics.clone(), store.clone()),
+            chats: Chats::with_store(config.resume, metrics.clone(), store),
             config,
             metrics,
             closing: watch::Sender::new(false),

@@ -22,9 +22,11 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
+use super::mirror::MirrorLink;
+use super::store::Replica;
 use super::{Chats, EventKind, Verdict};
 use crate::admission::ChatSlot;
-use crate::error::{ChatError, Outcome};
+use crate::error::{ChatError, ErrorCode, Outcome};
 use crate::protocol::ServerFrame;
 
 /// Unread bytes of the slowest attached reader above which the writer
@@ -67,6 +69,53 @@ enum EntryKind {
     Other,
     /// The chat's one terminal frame.
     Terminal,
+}
+
+/// Where a chat's frames go besides this process's sockets, or come from.
+pub enum Link {
+    /// This process only (the `memory` store, or a chat the shared store
+    /// does not hold).
+    Local,
+    /// This instance runs the chat; every frame is also written to the
+    /// shared store (after it is in this log, never waiting for it).
+    Replica(Arc<Replica>),
+    /// Another instance runs the chat: this log is a copy, fed from the
+    /// shared store with the frames verbatim.
+    Mirror(Arc<MirrorLink>),
+}
+
+/// A frame read from the shared store: its seq and exact text.
+#[derive(Debug, Clone)]
+pub struct RemoteFrame {
+    pub seq: u64,
+    pub text: ByteString,
+}
+
+/// The type of a logged frame, from its text.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: &'a str,
+}
+
+impl EntryKind {
+    /// What a frame read back from the store is, and how it ends the chat.
+    fn of_text(text: &str) -> (EntryKind, Option<Outcome>) {
+        match serde_json::from_str::<Head<'_>>(text).map(|h| h.ty) {
+            Ok("delta") => (EntryKind::Delta(Instant::now()), None),
+            Ok("done") => (EntryKind::Terminal, Some(Outcome::Done)),
+            Ok("error") => (
+                EntryKind::Terminal,
+                Some(Outcome::Failed(ErrorCode::UpstreamBroken)),
+            ),
+            _ => (EntryKind::Other, None),
+        }
+    }
+}
+
+/// Whether a logged frame's text is a terminal frame (`done` or `error`).
+pub fn is_terminal_text(text: &str) -> bool {
+    EntryKind::of_text(text).0 == EntryKind::Terminal
 }
 
 /// Why a reader could not attach.
@@ -135,6 +184,8 @@ pub struct ChatLog {
     inner: Mutex<Inner>,
     /// Wakes the writer when a reader pulled (or left).
     pulled: Notify,
+    /// The shared store's side of the chat, if any.
+    link: Link,
 }
 
 impl ChatLog {
@@ -178,7 +229,56 @@ impl ChatLog {
                 slot: Some(slot),
             }),
             pulled: Notify::new(),
+            link: Link::Local,
         }
+    }
+
+    /// The same log, tied to the shared store by `link`.
+    pub(super) fn with_link(mut self, link: Link) -> ChatLog {
+        self.link = link;
+        self
+    }
+
+    /// A copy of chat `id` that another instance runs (`link` feeds it),
+    /// with no reader yet; `stop` ends its feed when the copy ends here.
+    pub(super) fn mirror(
+        chats: Arc<Chats>,
+        key: u64,
+        id: String,
+        link: Arc<MirrorLink>,
+        stop: Box<dyn Fn() + Send + Sync>,
+    ) -> ChatLog {
+        let retained = chats.resumable() && chats.reserve(LOG_COST);
+        chats.count_detached(1);
+        ChatLog {
+            key,
+            id,
+            model: String::new(),
+            accepted: Instant::now(),
+            chats,
+            cancel: stop,
+            inner: Mutex::new(Inner {
+                frames: VecDeque::new(),
+                first_seq: 1,
+                next_seq: 1,
+                bytes: if retained { LOG_COST } else { 0 },
+                retained,
+                readers: Vec::new(),
+                next_reader: Self::FIRST,
+                detached_since: Some(Instant::now()),
+                ended: None,
+                delivered: 0,
+                deltas_delivered: 0,
+                slot: None,
+            }),
+            pulled: Notify::new(),
+            link: Link::Mirror(link),
+        }
+    }
+
+    /// The shared store's side of the chat.
+    pub fn link(&self) -> &Link {
+        &self.link
     }
 
     /// The reader id of the socket that started the chat.
@@ -220,6 +320,42 @@ impl ChatLog {
             self.tell_readers(&inner);
         }
         inner.ended.is_none()
+    }
+
+    /// Appends frames read from the shared store, verbatim (a mirror):
+    /// frames it already has are skipped. `Err` when one is missing (the
+    /// store lost frames: the copy cannot go on). `Ok(open)` as [`append`].
+    ///
+    /// [`append`]: ChatLog::append
+    pub fn append_remote(&self, frames: Vec<RemoteFrame>) -> Result<bool, u64> {
+        let mut inner = self.lock();
+        let mut added = false;
+        for frame in frames {
+            if inner.ended.is_some() {
+                break;
+            }
+            if frame.seq < inner.next_seq {
+                continue;
+            }
+            if frame.seq > inner.next_seq {
+                if added {
+                    self.tell_readers(&inner);
+                }
+                return Err(inner.next_seq);
+            }
+            let (kind, outcome) = EntryKind::of_text(&frame.text);
+            inner.next_seq += 1;
+            let cost = frame.text.len() + ENTRY_COST;
+            self.keep(&mut inner, frame.seq, frame.text, kind, cost);
+            if let Some(outcome) = outcome {
+                self.finish(&mut inner, outcome);
+            }
+            added = true;
+        }
+        if added {
+            self.tell_readers(&inner);
+        }
+        Ok(inner.ended.is_none())
     }
 
     /// Waits while the slowest attached reader is more than
@@ -319,8 +455,17 @@ impl ChatLog {
         // room) and its entry.
         let cost = json.capacity() + ENTRY_COST;
         let text = ByteString::from(json);
-        let len = text.len();
         inner.next_seq += 1;
+        if let Link::Replica(replica) = &self.link {
+            replica.frame(seq, &text, kind == EntryKind::Terminal);
+        }
+        self.keep(inner, seq, text, kind, cost);
+    }
+
+    /// Adds frame `seq` to the log: readers' unread counts, the bounds
+    /// (against `cost`, the memory it takes).
+    fn keep(&self, inner: &mut Inner, seq: u64, text: ByteString, kind: EntryKind, cost: usize) {
+        let len = text.len();
         for r in &mut inner.readers {
             r.unread += len;
         }
@@ -359,6 +504,9 @@ impl ChatLog {
         self.chats.release(inner.bytes);
         inner.bytes = 0;
         log::debug!("chat {} log past its bound: no longer resumable", self.key);
+        if let Link::Replica(replica) = &self.link {
+            replica.leave_store();
+        }
         if inner.readers.is_empty() {
             if inner.detached_since.take().is_some() {
                 self.chats.count_detached(-1);
@@ -406,6 +554,13 @@ impl ChatLog {
     /// A client cancels the chat: `done` `cancelled` to every reader, and
     /// its upstream request is dropped. Ignored once the chat has ended.
     pub fn cancel(&self) {
+        if let Link::Mirror(link) = &self.link {
+            // The owner cancels; its `done` comes back through the store.
+            if self.lock().ended.is_none() {
+                link.request_cancel();
+            }
+            return;
+        }
         let mut inner = self.lock();
         self.end_with(&mut inner, None, Outcome::Cancelled);
     }
@@ -443,6 +598,9 @@ impl ChatLog {
         if inner.detached_since.take().is_some() {
             self.chats.count_detached(-1);
         }
+        if let (Link::Mirror(link), true) = (&self.link, inner.readers.is_empty()) {
+            link.set_attached(true);
+        }
         inner.readers.push(Reader {
             id,
             to: to.clone(),
@@ -471,6 +629,9 @@ impl ChatLog {
     /// After a reader left: with nobody attached, the log counts as
     /// detached (retaining) or the chat ends (not retaining).
     fn left(&self, inner: &mut Inner) {
+        if let (Link::Mirror(link), true) = (&self.link, inner.readers.is_empty()) {
+            link.set_attached(false);
+        }
         if inner.readers.is_empty() {
             if inner.retained {
                 inner.detached_since = Some(Instant::now());
@@ -558,9 +719,24 @@ impl ChatLog {
     }
 
     /// The seq of the last frame appended.
-    #[cfg(test)]
-    fn last_seq(&self) -> u64 {
+    pub fn last_seq(&self) -> u64 {
         self.lock().next_seq - 1
+    }
+
+    /// Whether a socket of this process reads the chat now.
+    pub fn has_readers(&self) -> bool {
+        !self.lock().readers.is_empty()
+    }
+
+    /// A socket on another instance reads the chat (through the shared
+    /// store): while it does, the chat is not abandoned here.
+    pub fn remote_reader_seen(&self) {
+        let mut inner = self.lock();
+        if inner.ended.is_none() && inner.readers.is_empty() {
+            if let Some(since) = inner.detached_since.as_mut() {
+                *since = Instant::now();
+            }
+        }
     }
 
     /// The registry forgot the log: it leaves the detached count and the
@@ -629,7 +805,10 @@ mod tests {
             // Every third run has a small bound: the log stops retaining.
             let per_chat = if seed % 3 == 0 { 600 } else { 1 << 30 };
             let (chats, admission) = setup(per_chat);
-            let slot = admission.admit_chat(&Client::default()).expect("slot");
+            let slot = admission
+                .admit_chat(&Client::default())
+                .await
+                .expect("slot");
             let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = cancelled.clone();
             let deaf = Deaf.start().recipient::<LogReady>();

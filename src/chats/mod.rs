@@ -8,6 +8,8 @@
 //! It also holds the byte budget every retained log draws from.
 
 pub mod chat_log;
+pub mod mirror;
+pub mod store;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub use chat_log::{AttachError, ChatLog, LogReady, ReaderId};
+pub use chat_log::{AttachError, ChatLog, Link, LogReady, ReaderId};
+pub use store::RedisStore;
 
 use crate::admission::ChatSlot;
 use crate::config::ResumeLimits;
@@ -107,6 +110,8 @@ pub struct Chats {
     retained: AtomicUsize,
     metrics: Metrics,
     logs: Mutex<HashMap<SessionId, HashMap<String, Arc<ChatLog>>>>,
+    /// The shared store (`--resume-store redis://…`), if any.
+    store: Option<Arc<RedisStore>>,
 }
 
 /// What the reaper does with one log.
@@ -120,12 +125,27 @@ enum Verdict {
 
 impl Chats {
     pub fn new(limits: ResumeLimits, metrics: Metrics) -> Arc<Chats> {
+        Self::with_store(limits, metrics, None)
+    }
+
+    /// A registry whose chats are also written to `store` (when given).
+    pub fn with_store(
+        limits: ResumeLimits,
+        metrics: Metrics,
+        store: Option<Arc<RedisStore>>,
+    ) -> Arc<Chats> {
         Arc::new(Chats {
             limits,
             retained: AtomicUsize::new(0),
             metrics,
             logs: Mutex::new(HashMap::new()),
+            store,
         })
+    }
+
+    /// The shared store, if any.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.store.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SessionId, HashMap<String, Arc<ChatLog>>>> {
@@ -180,7 +200,7 @@ impl Chats {
         cancel: Box<dyn Fn() + Send + Sync>,
         reader: actix::Recipient<LogReady>,
     ) -> Arc<ChatLog> {
-        let log = Arc::new(ChatLog::new(
+        let log = ChatLog::new(
             self.clone(),
             key,
             id.to_owned(),
@@ -188,7 +208,20 @@ impl Chats {
             slot,
             cancel,
             reader,
-        ));
+        );
+        let log = match (&self.store, self.resumable()) {
+            // Written to the shared store too, from its first frame on.
+            (Some(store), true) => {
+                let replica = store.begin(store::ChatName {
+                    session: session.clone(),
+                    id: id.to_owned(),
+                });
+                let log = Arc::new(log.with_link(Link::Replica(replica.clone())));
+                replica.set_log(&log);
+                log
+            }
+            _ => Arc::new(log),
+        };
         if self.resumable() {
             self.name(session, &log);
         }
@@ -196,12 +229,37 @@ impl Chats {
     }
 
     /// Registers `log` under `session` too (a socket of that session
-    /// resumed it), as the session's most recent chat with its id.
+    /// resumed it), as the session's most recent chat with its id. With a
+    /// shared store, the name is recorded there too (an alias), so that a
+    /// resume naming it finds the chat on any instance.
     pub fn name(&self, session: &SessionId, log: &Arc<ChatLog>) {
         self.lock()
             .entry(session.clone())
             .or_default()
             .insert(log.id.clone(), log.clone());
+        let canonical = match log.link() {
+            Link::Replica(r) if r.in_store() => &r.name.session,
+            Link::Mirror(m) => &m.name.session,
+            _ => return,
+        };
+        if let (Some(store), false) = (&self.store, canonical == session) {
+            let alias = store::ChatName {
+                session: session.clone(),
+                id: log.id.clone(),
+            };
+            store.alias(alias, canonical.clone(), log);
+        }
+    }
+
+    /// Cancels chat `name` of generation `gen` if this instance runs it (a
+    /// socket elsewhere asked, through the shared store).
+    pub fn cancel_owned(&self, name: &store::ChatName, gen: u64) {
+        let Some(log) = self.find(&name.session, &name.id) else {
+            return;
+        };
+        if matches!(log.link(), Link::Replica(r) if r.gen == gen) {
+            log.cancel();
+        }
     }
 
     /// The most recent chat `id` of `session`, if it is still known.

@@ -53,6 +53,91 @@ pub struct ResumeLimits {
     pub total: usize,
 }
 
+/// Where chat logs live (`--resume-store`, PROTOCOL.md §1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeStore {
+    /// This process only (the default).
+    Memory,
+    /// A Redis (or Valkey) server shared by every instance naming it.
+    Redis(RedisUrl),
+}
+
+/// A `redis://` or `rediss://` URL. Its password is never shown: `Display`
+/// and `Debug` give the URL with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    url: String,
+    shown: String,
+}
+
+impl RedisUrl {
+    /// Checks `text` as the redis crate reads it: `redis://` or `rediss://`,
+    /// a host, an optional port, password and database number.
+    pub fn parse(text: &str) -> Result<RedisUrl, String> {
+        let Some(mut url) = redis::parse_redis_url(text) else {
+            return Err("not a redis:// or rediss:// URL".into());
+        };
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err("expected a redis:// or rediss:// URL".into());
+        }
+        if url.host_str().map_or(true, str::is_empty) {
+            return Err("the URL has no host".into());
+        }
+        redis::IntoConnectionInfo::into_connection_info(text).map_err(|e| e.to_string())?;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(RedisUrl {
+            url: text.to_owned(),
+            shown: url.to_string(),
+        })
+    }
+
+    /// The URL itself, password included (for the client only).
+    pub fn secret(&self) -> &str {
+        &self.url
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({})", self.shown)
+    }
+}
+
+impl std::fmt::Display for ResumeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResumeStore::Memory => f.write_str("memory"),
+            ResumeStore::Redis(url) => url.fmt(f),
+        }
+    }
+}
+
+fn parse_resume_store(raw: Option<Raw>) -> Result<ResumeStore, String> {
+    let Some(raw) = raw else {
+        return Ok(ResumeStore::Memory);
+    };
+    let text = raw.value.trim();
+    if text.eq_ignore_ascii_case("memory") {
+        return Ok(ResumeStore::Memory);
+    }
+    match RedisUrl::parse(text) {
+        Ok(url) => Ok(ResumeStore::Redis(url)),
+        // The value may hold a password: name the flag, not the value.
+        Err(e) => Err(format!(
+            "invalid {}: expected `memory` or redis://[:PASSWORD@]HOST[:PORT][/DB] (or rediss://): {e}",
+            raw.name
+        )),
+    }
+}
+
 /// Which browser origins may open `/ws`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -113,6 +198,10 @@ pub struct Config {
     pub max_upstream_event_bytes: usize,
     /// Largest whole (non-streamed) body read from an upstream.
     pub max_upstream_body_bytes: usize,
+    /// Chats started per minute with one auth token (0 = no limit).
+    pub max_chats_per_minute_per_token: u32,
+    /// Chats in flight at once with one auth token (0 = no limit).
+    pub max_concurrent_chats_per_token: usize,
     /// Proxies whose `X-Forwarded-For` names the real client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub heartbeat_interval: Duration,
@@ -130,6 +219,8 @@ pub struct Config {
     /// A listener of its own for `/metrics` (`--metrics-bind`); the main
     /// listener then answers 404 there.
     pub metrics_bind: Option<SocketAddr>,
+    /// Where chat logs live; with Redis, the chat limits are shared too.
+    pub resume_store: ResumeStore,
     /// Test-only fault injection (no flag or variable sets it): a chat
     /// whose text contains `netfly-fault:panic-session` or
     /// `netfly-fault:panic-chat` panics in its session or its chat task, to
@@ -250,6 +341,15 @@ struct Flags {
     /// Serve /metrics only on this address (the main listener answers 404 there); unset = /metrics on the main listener, public [env: NETFLY_METRICS_BIND]
     #[arg(long)]
     metrics_bind: Option<String>,
+    /// Where chat logs live: `memory` or redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS), shared by every instance naming it [env: NETFLY_RESUME_STORE] [default: memory]
+    #[arg(long)]
+    resume_store: Option<String>,
+    /// Chats per minute with one auth token; 0 = no limit [env: NETFLY_MAX_CHATS_PER_MINUTE_PER_TOKEN] [default: 0]
+    #[arg(long)]
+    max_chats_per_minute_per_token: Option<String>,
+    /// Chats in flight at once with one auth token; 0 = no limit [env: NETFLY_MAX_CONCURRENT_CHATS_PER_TOKEN] [default: 0]
+    #[arg(long)]
+    max_concurrent_chats_per_token: Option<String>,
 }
 
 /// One raw option value and the name (flag or variable) it came from.
@@ -616,6 +716,17 @@ impl Config {
             16 << 20,
             1024,
         )?;
+        let max_chats_per_minute_per_token = limit(pick(
+            f.max_chats_per_minute_per_token,
+            "max-chats-per-minute-per-token",
+            lookup,
+        ))?;
+        let max_concurrent_chats_per_token = limit(pick(
+            f.max_concurrent_chats_per_token,
+            "max-concurrent-chats-per-token",
+            lookup,
+        ))?;
+        let resume_store = parse_resume_store(pick(f.resume_store, "resume-store", lookup))?;
         let trusted_proxies = match pick(f.trusted_proxies, "trusted-proxies", lookup) {
             None => Vec::new(),
             Some(raw) => {
@@ -689,6 +800,8 @@ impl Config {
             max_chats_per_minute_per_ip,
             max_upstream_event_bytes,
             max_upstream_body_bytes,
+            max_chats_per_minute_per_token,
+            max_concurrent_chats_per_token,
             trusted_proxies,
             heartbeat_interval,
             client_timeout,
@@ -699,6 +812,7 @@ impl Config {
             allowed_hosts,
             client_body_timeout,
             metrics_bind,
+            resume_store,
             fault_injection: false,
         })
     }
