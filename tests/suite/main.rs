@@ -13,6 +13,9 @@
 //! * `doors/`: issue 10's doors on the HTTP/WebSocket side, a file per
 //!   item (frame sizes, body deadline, hosts and origins, log floods, the
 //!   metrics listener, HTTP details);
+//! * `redis_store.rs`: several instances as one through a real Redis
+//!   (`--resume-store redis://…`): cross-instance resume, cancel, owner
+//!   death, TTLs, shared limits, Redis lost and back;
 //! * `harness.rs`: self-checks of `support/`.
 
 mod support;
@@ -30,6 +33,7 @@ mod protocol;
 mod providers;
 mod proxy;
 mod redact;
+mod redis_store;
 mod resume;
 mod sse;
 mod upstream_limits;

@@ -14,35 +14,35 @@ fn ms(n: u64) -> Duration {
 }
 
 /// `n` words "w0 w1 …" and their concatenation (the upstream's text).
-fn words(n: usize) -> (Vec<String>, String) {
+pub(crate) fn words(n: usize) -> (Vec<String>, String) {
     let w: Vec<String> = (0..n).map(|i| format!("w{i} ")).collect();
     let text = w.concat();
     (w, text)
 }
 
 /// A proper stream of `words`, `gap` between events.
-fn paced(words: &[String], gap: Duration) -> Reply {
+pub(crate) fn paced(words: &[String], gap: Duration) -> Reply {
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     Reply::sse_words_slow(&refs, gap)
 }
 
-fn resume_frame(session: &str, id: &str, after: u64) -> Value {
+pub(crate) fn resume_frame(session: &str, id: &str, after: u64) -> Value {
     json!({"type": "resume", "session": session, "id": id, "after": after})
 }
 
-fn session_of(ws: &WsClient) -> String {
+pub(crate) fn session_of(ws: &WsClient) -> String {
     ws.hello()["session"]
         .as_str()
         .expect("hello.session is a string")
         .to_owned()
 }
 
-fn seq(frame: &Value) -> u64 {
+pub(crate) fn seq(frame: &Value) -> u64 {
     frame["seq"].as_u64().expect("a chat frame carries a seq")
 }
 
 /// Reads `id`'s frames until `n` deltas have arrived (keeping every frame).
-async fn frames_until_deltas(ws: &mut WsClient, id: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn frames_until_deltas(ws: &mut WsClient, id: &str, n: usize) -> Vec<Value> {
     let mut frames = Vec::new();
     while frames
         .iter()
@@ -62,7 +62,7 @@ async fn frames_until_deltas(ws: &mut WsClient, id: &str, n: usize) -> Vec<Value
 
 /// Asserts that `head` then `tail` are one chat's frames from seq 1, each
 /// exactly once and in order, ending with its terminal frame.
-fn assert_whole(head: &[Value], tail: &[Value]) {
+pub(crate) fn assert_whole(head: &[Value], tail: &[Value]) {
     let all: Vec<u64> = head.iter().chain(tail).map(seq).collect();
     let want: Vec<u64> = (1..=all.len() as u64).collect();
     assert_eq!(all, want, "seqs of the old and the new socket");

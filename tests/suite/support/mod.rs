@@ -9,7 +9,8 @@
 //!   that reads only when asked ([`raw_ws::RawWs`]); [`raw_http`]: a raw
 //!   HTTP/1.1 client that can vanish mid-answer;
 //! * [`chat`]: one chat start to finish, the set-up most `/ws` tests share;
-//! * [`process`]: the gateway as a child process, its memory sampled.
+//! * [`process`]: the gateway as a child process, its memory sampled;
+//! * [`redis_server`]: a real `redis-server` per test, killed by PID.
 //!
 //! Everything listens on `127.0.0.1:0`; every wait is bounded.
 
@@ -20,6 +21,7 @@ pub mod fake;
 pub mod process;
 pub mod raw_http;
 pub mod raw_ws;
+pub mod redis_server;
 pub mod temp_file;
 pub mod ws;
 
