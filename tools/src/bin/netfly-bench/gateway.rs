@@ -164,3 +164,134 @@ impl Drop for GatewayProc {
         self.stop_inner();
     }
 }
+
+/// A `redis-server` for the `--resume-store-compare` rounds: Debian's
+/// binary on a free loopback port, its own config and directory, nothing
+/// persisted; stopped by PID when dropped. Read through `redis-cli`.
+pub struct RedisProc {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisProc {
+    /// Starts `redis-server` (from the PATH) and waits up to 10 s for PONG.
+    pub fn start() -> Result<RedisProc, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port for redis-server: {e}"))?
+            .port();
+        let dir = std::env::temp_dir().join(format!("netfly-bench-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let conf = dir.join("redis.conf");
+        let text = format!(
+            "bind 127.0.0.1\nport {port}\nprotected-mode yes\ndaemonize no\nsave \"\"\nappendonly no\ndir {}\nlogfile {}\n",
+            dir.display(),
+            dir.join("redis.log").display()
+        );
+        std::fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run redis-server (scripts/install-redis.sh): {e}"))?;
+        let redis = RedisProc { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis.cli(&["ping"]).is_ok_and(|p| p.trim() == "PONG") {
+                return Ok(redis);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "redis-server on port {port} did not answer within 10 s"
+        ))
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// One `redis-cli` command; its output.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Empties the server and its command statistics (before a round).
+    pub fn reset(&self) -> Result<(), String> {
+        self.cli(&["flushall"])?;
+        self.cli(&["config", "resetstat"])?;
+        Ok(())
+    }
+
+    /// Commands executed since the last reset (INFO commandstats).
+    pub fn commands(&self) -> Option<u64> {
+        let stats = self.cli(&["info", "commandstats"]).ok()?;
+        Some(
+            stats
+                .lines()
+                .filter(|l| l.starts_with("cmdstat_"))
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum(),
+        )
+    }
+
+    /// `used_memory` in bytes.
+    pub fn used_memory(&self) -> Option<u64> {
+        let info = self.cli(&["info", "memory"]).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The mean `MEMORY USAGE` of up to `sample` chat logs, and how many
+    /// there are in all.
+    pub fn log_memory(&self, sample: usize) -> Option<(f64, u64)> {
+        let keys = self.cli(&["--scan", "--pattern", "netfly:{*:log"]).ok()?;
+        let keys: Vec<&str> = keys
+            .lines()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .collect();
+        let mut sum = 0u64;
+        let mut n = 0u64;
+        for k in keys.iter().take(sample) {
+            if let Some(m) = self
+                .cli(&["memory", "usage", k])
+                .ok()
+                .and_then(|m| m.trim().parse::<u64>().ok())
+            {
+                sum += m;
+                n += 1;
+            }
+        }
+        (n > 0).then(|| (sum as f64 / n as f64, keys.len() as u64))
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -13,6 +13,11 @@
 //! − upstream send), time to first delta, errors by code, integrity, the
 //! gateway's CPU per delta and RSS, and the machine's CPU busy share. See
 //! docs/PERFORMANCE.md.
+//!
+//! With `--resume-store-compare` each round also runs the gateway with
+//! `--resume-store redis://…` on a redis-server this tool starts, and
+//! reports it against the `memory` gateway of the same rounds: delivered
+//! deltas/s, added latency, Redis commands per delta and memory per chat.
 
 mod direct;
 mod gateway;
@@ -33,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::direct::{Direct, End};
-use crate::gateway::GatewayProc;
+use crate::gateway::{GatewayProc, RedisProc};
 use crate::sys::now_ns;
 use crate::upstream::{FakeUpstream, StreamSpec};
 use crate::ws::{OpenError, Ws};
@@ -72,6 +77,9 @@ struct Args {
     /// Print the results as JSON on stdout (the table goes to stderr)
     #[arg(long)]
     json: bool,
+    /// Also run each round's gateway with --resume-store redis://… (a redis-server started here, from the PATH) and compare it with the memory store
+    #[arg(long)]
+    resume_store_compare: bool,
     /// Override: sockets
     #[arg(long)]
     sockets: Option<usize>,
@@ -175,6 +183,8 @@ fn presets(smoke: bool) -> Vec<Scenario> {
 enum Mode {
     Direct,
     Gateway,
+    /// The gateway with `--resume-store redis://…`.
+    Redis,
 }
 
 /// What one fleet saw.
@@ -446,7 +456,7 @@ async fn run_fleet(
     }
     let mut handles = Vec::with_capacity(sc.sockets);
     match mode {
-        Mode::Gateway => {
+        Mode::Gateway | Mode::Redis => {
             let open = open_ws(addr, sc.sockets, &mut run.tally, true).await;
             run.sockets_open = open.len() as u64;
             run.wall_ns = now_ns();
@@ -537,6 +547,13 @@ struct Round {
     idle_rss_kib_per_socket: Option<f64>,
     bench_cpu_s: f64,
     machine_busy: Option<f64>,
+    /// (redis) commands the server ran during the round
+    redis_commands: Option<u64>,
+    redis_commands_per_delta: Option<f64>,
+    /// (redis) mean MEMORY USAGE of a chat's log after the round
+    redis_log_bytes_per_chat: Option<f64>,
+    /// (redis) used_memory grown during the round, per chat
+    redis_used_bytes_per_chat: Option<f64>,
 }
 
 impl Round {
@@ -551,17 +568,32 @@ struct Ctx {
     wrap: Vec<String>,
     extra: Vec<String>,
     deadline: Instant,
+    /// The store of the `redis` rounds (`--resume-store-compare`).
+    redis: Option<RedisProc>,
 }
 
 fn run_round(ctx: &Ctx, mode: Mode, sc: &Arc<Scenario>, round: usize) -> Result<Round, String> {
+    let redis = match (mode, &ctx.redis) {
+        (Mode::Redis, Some(r)) => {
+            r.reset()?;
+            Some(r)
+        }
+        (Mode::Redis, None) => return Err("a redis round without a redis-server".into()),
+        _ => None,
+    };
+    let used0 = redis.and_then(|r| r.used_memory());
     let gw = match mode {
         Mode::Direct => None,
-        Mode::Gateway => {
+        Mode::Gateway | Mode::Redis => {
+            let mut extra = ctx.extra.clone();
+            if let Some(r) = redis {
+                extra.extend(["--resume-store".to_string(), r.url()]);
+            }
             let g = GatewayProc::start(
                 &ctx.gateway_bin,
                 &ctx.wrap,
                 &ctx.upstream.url(),
-                &ctx.extra,
+                &extra,
                 Duration::from_secs(if ctx.wrap.is_empty() { 15 } else { 120 }),
             )?;
             std::thread::sleep(Duration::from_millis(300));
@@ -598,6 +630,11 @@ fn run_round(ctx: &Ctx, mode: Mode, sc: &Arc<Scenario>, round: usize) -> Result<
     let self1 = sys::proc_cpu_ns(&self_pid).unwrap_or(0);
     let cpu1 = gw.as_ref().map(|g| g.cpu_ns());
     let (rss_end, hwm) = gw.as_ref().map(|g| g.mem_kib()).unzip();
+    // The store as the round left it (chats ended, their logs kept for the
+    // resume window), before the gateway stops.
+    let redis_commands = redis.and_then(|r| r.commands());
+    let redis_logs = redis.and_then(|r| r.log_memory(200));
+    let used1 = redis.and_then(|r| r.used_memory());
     if let Some(g) = &gw {
         if fleet.is_err() {
             for line in g.log_tail() {
@@ -649,6 +686,15 @@ fn run_round(ctx: &Ctx, mode: Mode, sc: &Arc<Scenario>, round: usize) -> Result<
             .map(|(b, w)| (w as f64 - b as f64) / run.sockets_open as f64),
         bench_cpu_s: (self1 - self0) as f64 / 1e9,
         machine_busy: sys::busy_share(mach0, mach1),
+        redis_commands,
+        redis_commands_per_delta: redis_commands
+            .filter(|_| t.deltas > 0)
+            .map(|c| c as f64 / t.deltas as f64),
+        redis_log_bytes_per_chat: redis_logs.map(|(mean, _)| mean),
+        redis_used_bytes_per_chat: used0
+            .zip(used1)
+            .filter(|_| t.chats_ok > 0)
+            .map(|(a, b)| (b as f64 - a as f64) / t.chats_ok as f64),
     })
 }
 
@@ -691,12 +737,111 @@ struct Row {
     met: Option<bool>,
 }
 
+/// One row of the memory vs redis table (`--resume-store-compare`).
+#[derive(Debug, Serialize)]
+struct StoreRow {
+    metric: String,
+    memory: Option<f64>,
+    redis: Option<f64>,
+    /// redis/memory for rates, redis − memory for times
+    compare: Option<f64>,
+    target: Option<String>,
+    met: Option<bool>,
+}
+
 #[derive(Debug, Serialize)]
 struct Summary {
     scenario: Scenario,
     rounds: Vec<Round>,
     rows: Vec<Row>,
+    /// The gateway with the Redis store against the memory one.
+    store_rows: Vec<StoreRow>,
     integrity_ok: bool,
+}
+
+/// The memory vs redis rows of a scenario's rounds (none without redis
+/// rounds).
+fn store_rows(sc: &Scenario, rounds: &[Round], smoke: bool) -> Vec<StoreRow> {
+    use Mode::*;
+    let mut rows = Vec::new();
+    if !rounds.iter().any(|r| r.mode == Some(Redis)) || sc.idle {
+        return rows;
+    }
+    let mut row =
+        |metric: &str, f: &dyn Fn(&Round) -> Option<f64>, ratio: bool, target: Target<'_>| {
+            let m = med(rounds, Gateway, f);
+            let r = med(rounds, Redis, f);
+            let compare = match (m, r) {
+                (Some(m), Some(r)) if ratio && m > 0.0 => Some(r / m),
+                (Some(m), Some(r)) if !ratio => Some(r - m),
+                _ => None,
+            };
+            let met = match (target, compare, r) {
+                (Some(_), _, _) if smoke => None,
+                (Some((_, ok)), c, Some(r)) => Some(ok(c.unwrap_or(f64::NAN), r)),
+                _ => None,
+            };
+            rows.push(StoreRow {
+                metric: metric.to_string(),
+                memory: m,
+                redis: r,
+                compare,
+                target: target.map(|t| t.0.to_string()),
+                met,
+            });
+        };
+    let lat = |f: fn(&Pct) -> f64| move |r: &Round| r.latency_us.as_ref().map(f);
+    row(
+        "deltas/s delivered",
+        &|r| Some(r.deltas_per_s),
+        true,
+        Some(("≥ 0.9 × memory", &|c, _| c >= 0.9)),
+    );
+    row("delta latency p50, µs", &lat(|p| p.p50), false, None);
+    row(
+        "delta latency p99, µs",
+        &lat(|p| p.p99),
+        false,
+        Some(("≤ +1000 µs", &|c, _| c <= 1000.0)),
+    );
+    row(
+        "time to first delta p99, µs",
+        &|r| r.ttfd_us.as_ref().map(|p| p.p99),
+        false,
+        None,
+    );
+    row(
+        "gateway CPU per delta, µs",
+        &|r| r.gateway_cpu_us_per_delta,
+        false,
+        None,
+    );
+    row(
+        "gateway peak RSS, MiB",
+        &|r| r.gateway_peak_rss_kib.map(|k| k as f64 / 1024.0),
+        false,
+        None,
+    );
+    row(
+        "Redis commands per delta",
+        &|r| r.redis_commands_per_delta,
+        false,
+        None,
+    );
+    row(
+        "Redis memory per chat log, bytes (MEMORY USAGE)",
+        &|r| r.redis_log_bytes_per_chat,
+        false,
+        None,
+    );
+    row(
+        "Redis used_memory per chat, bytes",
+        &|r| r.redis_used_bytes_per_chat,
+        false,
+        None,
+    );
+    row("machine CPU busy share", &|r| r.machine_busy, false, None);
+    rows
 }
 
 fn summarize(sc: &Scenario, rounds: Vec<Round>, smoke: bool) -> Summary {
@@ -837,6 +982,7 @@ fn summarize(sc: &Scenario, rounds: Vec<Round>, smoke: bool) -> Summary {
     }
     Summary {
         scenario: sc.clone(),
+        store_rows: store_rows(sc, &rounds, smoke),
         rounds,
         rows,
         integrity_ok,
@@ -888,6 +1034,39 @@ fn render(s: &Summary, out: &mut String) {
             met
         );
     }
+    if !s.store_rows.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nthe gateway with --resume-store redis://… vs the memory store, same rounds:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| metric | memory | redis | redis vs memory | target | met |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
+        for r in &s.store_rows {
+            let cmp = match r.compare {
+                None => "–".to_string(),
+                Some(c) if r.metric.contains("/s") => format!("× {c:.3}"),
+                Some(c) => format!("{c:+.1}"),
+            };
+            let met = match r.met {
+                None => "",
+                Some(true) => "yes",
+                Some(false) => "**no**",
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.metric,
+                fmt_num(r.memory),
+                fmt_num(r.redis),
+                cmp,
+                r.target.as_deref().unwrap_or(""),
+                met
+            );
+        }
+    }
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let (mut ok, mut failed, mut bad) = (0, 0, 0);
     for r in &s.rounds {
@@ -898,10 +1077,10 @@ fn render(s: &Summary, out: &mut String) {
             *errors
                 .entry(format!(
                     "{}:{k}",
-                    if r.mode == Some(Mode::Direct) {
-                        "direct"
-                    } else {
-                        "gateway"
+                    match r.mode {
+                        Some(Mode::Direct) => "direct",
+                        Some(Mode::Redis) => "redis",
+                        _ => "gateway",
                     }
                 ))
                 .or_default() += v;
@@ -970,7 +1149,7 @@ fn main() -> ExitCode {
     });
     let nofile = sys::raise_nofile(65_536);
     let rounds = args.rounds.unwrap_or(if args.smoke { 1 } else { 3 }).max(1);
-    let modes: Vec<Mode> = match args.modes.as_str() {
+    let mut modes: Vec<Mode> = match args.modes.as_str() {
         "both" => vec![Mode::Direct, Mode::Gateway],
         "direct" => vec![Mode::Direct],
         "gateway" => vec![Mode::Gateway],
@@ -978,6 +1157,21 @@ fn main() -> ExitCode {
             eprintln!("netfly-bench: --modes must be both, direct or gateway, not {other:?}");
             return ExitCode::from(2);
         }
+    };
+    let redis = if args.resume_store_compare {
+        if !modes.contains(&Mode::Gateway) {
+            modes.push(Mode::Gateway);
+        }
+        modes.push(Mode::Redis);
+        match RedisProc::start() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("netfly-bench: --resume-store-compare: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
     };
     let wanted: Vec<char> = if args.scenario == "all" {
         vec!['a', 'b', 'c', 'd', 'e']
@@ -1043,6 +1237,7 @@ fn main() -> ExitCode {
             .collect(),
         extra: args.gateway_arg.clone(),
         deadline,
+        redis,
     };
     eprintln!(
         "netfly-bench: gateway {}, fake upstream {}, {} round(s), open-file limit {nofile}",
@@ -1058,7 +1253,7 @@ fn main() -> ExitCode {
         let mut results = Vec::new();
         for round in 1..=rounds {
             for &mode in &modes {
-                if sc.idle && mode == Mode::Direct {
+                if sc.idle && mode != Mode::Gateway {
                     continue; // nothing to compare an idle gateway with
                 }
                 if Instant::now() >= deadline {
