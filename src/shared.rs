@@ -24,11 +24,7 @@ pub struct Shared {
 impl Shared {
     /// `store`: the shared resume store (`--resume-store redis://…`),
     /// already connected, or `None` (`memory`).
-    pub fn new(
-        config: Config,
-        metrics: Metrics,
-        store: Option<Arc<RedisStore>>,
-    ) -> Shared {
+    pub fn new(config: Config, metrics: Metrics, store: Option<Arc<RedisStore>>) -> Shared {
         Shared {
             admission: Admission::with_store(&config, metrics.clone(), store.clone()),
             chats: Chats::with_store(config.resume, metrics.clone(), store),
