@@ -50,13 +50,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::admission::{self, ChatSlot};
-use crate::chats::EventKind;
+use crate::chats::{next_chat_key, EventKind};
 use crate::error::{ChatError, Outcome};
 use crate::protocol;
 use crate::shared::Shared;
-use crate::upstream::{
-    next_chat_key, CancelChat, ChatCall, ChatEvent, ChatSink, StartChat, Upstream,
-};
+use crate::upstream::{CancelChat, ChatCall, ChatEvent, ChatSink, StartChat, Upstream};
 
 /// Chat events buffered between the chat task and the HTTP body; beyond
 /// this the chat's send waits for the client to read.

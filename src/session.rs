@@ -26,11 +26,11 @@ use bytestring::ByteString;
 use futures_util::{FutureExt as _, Stream};
 
 use crate::admission::SocketPermit;
-use crate::chats::{AttachError, ChatLog, Link, LogReady, ReaderId, SessionId};
+use crate::chats::{next_chat_key, AttachError, ChatLog, Link, LogReady, ReaderId, SessionId};
 use crate::error::{Busy, ChatError, Outcome};
 use crate::protocol::{self, ChatRequest, ClientFrame, FrameError, ServerFrame};
 use crate::shared::Shared;
-use crate::upstream::{next_chat_key, CancelChat, ChatCall, ChatSink, StartChat, Upstream};
+use crate::upstream::{CancelChat, ChatCall, ChatSink, StartChat, Upstream};
 use crate::ws_guard;
 
 /// Unsent output under which more frames are pulled from the chats' logs.
@@ -315,7 +315,11 @@ impl Session {
             key,
             &request.id,
             &request.model,
-            slot,
+            // The chat's place in the limits goes with its terminal frame.
+            Box::new(move |outcome| {
+                let mut slot = slot;
+                slot.set_outcome(outcome);
+            }),
             Box::new(move || upstream.do_send(CancelChat { key })),
             ctx.address().recipient(),
         );

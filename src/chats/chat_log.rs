@@ -22,10 +22,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
-use super::mirror::MirrorLink;
-use super::store::Replica;
-use super::{Chats, EventKind, Verdict};
-use crate::admission::ChatSlot;
+use super::{Chats, EventKind, SessionId, Verdict};
 use crate::error::{ChatError, ErrorCode, Outcome};
 use crate::protocol::ServerFrame;
 
@@ -72,16 +69,46 @@ enum EntryKind {
 }
 
 /// Where a chat's frames go besides this process's sockets, or come from.
+/// (The shared store's side is behind traits, implemented in `store.rs`
+/// and `mirror.rs`, so that the log knows nothing of Redis.)
 pub enum Link {
     /// This process only (the `memory` store, or a chat the shared store
     /// does not hold).
     Local,
     /// This instance runs the chat; every frame is also written to the
     /// shared store (after it is in this log, never waiting for it).
-    Replica(Arc<Replica>),
+    Replica(Arc<dyn ReplicaLink>),
     /// Another instance runs the chat: this log is a copy, fed from the
     /// shared store with the frames verbatim.
-    Mirror(Arc<MirrorLink>),
+    Mirror(Arc<dyn MirrorFeed>),
+}
+
+/// What the shared store knows of a chat.
+pub trait StoreLink: Send + Sync {
+    /// Tells this chat from earlier and later ones of the same name.
+    fn gen(&self) -> u64;
+    /// The session the store names the chat by (its own, not an alias).
+    fn session(&self) -> &SessionId;
+    /// Whether the store still holds the chat.
+    fn in_store(&self) -> bool;
+}
+
+/// The store's side of a chat this instance runs (`store.rs`).
+pub trait ReplicaLink: StoreLink {
+    /// Frame `seq` is in the log: write it to the store too (nothing waits).
+    fn frame(self: Arc<Self>, seq: u64, text: &ByteString, terminal: bool);
+    /// The log stopped retaining: the store forgets the chat.
+    fn leave_store(self: Arc<Self>);
+}
+
+/// The store's side of a copy of a chat another instance runs (`mirror.rs`).
+pub trait MirrorFeed: StoreLink {
+    /// A socket here cancels: ask the instance running the chat.
+    fn request_cancel(self: Arc<Self>);
+    /// Whether a socket here reads the copy (the owner keeps the chat).
+    fn set_attached(&self, attached: bool);
+    /// Whether the instance running the chat still refreshes its lease.
+    fn owner_refreshing(&self) -> futures_util::future::BoxFuture<'_, bool>;
 }
 
 /// A frame read from the shared store: its seq and exact text.
@@ -162,12 +189,12 @@ struct Inner {
     detached_since: Option<Instant>,
     /// How the chat ended, and when (its terminal frame is in the log).
     ended: Option<(Outcome, Instant)>,
+    /// Told the chat's outcome when it ends (a mirror has none).
+    on_end: Option<Box<dyn FnOnce(Outcome) + Send>>,
     /// Highest seq handed to any reader: deltas are counted at their first
     /// delivery.
     delivered: u64,
     deltas_delivered: u64,
-    /// The chat's place in the limits, released with its terminal frame.
-    slot: Option<ChatSlot>,
 }
 
 /// The log of one chat.
@@ -189,15 +216,17 @@ pub struct ChatLog {
 }
 
 impl ChatLog {
-    /// A new log for chat `key` (`id`, `model`), holding the chat's
-    /// `slot`, with `first` attached as reader [`ChatLog::FIRST`]; `cancel`
-    /// drops the chat's upstream request.
+    /// A new log for chat `key` (`id`, `model`), with `first` attached as
+    /// reader [`ChatLog::FIRST`]; `on_end` is told the chat's outcome when
+    /// its terminal frame is appended (before any reader can see it: it
+    /// releases the chat's place in the limits), `cancel` drops the chat's
+    /// upstream request.
     pub(super) fn new(
         chats: Arc<Chats>,
         key: u64,
         id: String,
         model: String,
-        slot: ChatSlot,
+        on_end: Box<dyn FnOnce(Outcome) + Send>,
         cancel: Box<dyn Fn() + Send + Sync>,
         first: Recipient<LogReady>,
     ) -> ChatLog {
@@ -224,9 +253,9 @@ impl ChatLog {
                 next_reader: Self::FIRST + 1,
                 detached_since: None,
                 ended: None,
+                on_end: Some(on_end),
                 delivered: 0,
                 deltas_delivered: 0,
-                slot: Some(slot),
             }),
             pulled: Notify::new(),
             link: Link::Local,
@@ -245,7 +274,7 @@ impl ChatLog {
         chats: Arc<Chats>,
         key: u64,
         id: String,
-        link: Arc<MirrorLink>,
+        link: Arc<dyn MirrorFeed>,
         stop: Box<dyn Fn() + Send + Sync>,
     ) -> ChatLog {
         let retained = chats.resumable() && chats.reserve(LOG_COST);
@@ -267,9 +296,9 @@ impl ChatLog {
                 next_reader: Self::FIRST,
                 detached_since: Some(Instant::now()),
                 ended: None,
+                on_end: None,
                 delivered: 0,
                 deltas_delivered: 0,
-                slot: None,
             }),
             pulled: Notify::new(),
             link: Link::Mirror(link),
@@ -457,7 +486,9 @@ impl ChatLog {
         let text = ByteString::from(json);
         inner.next_seq += 1;
         if let Link::Replica(replica) = &self.link {
-            replica.frame(seq, &text, kind == EntryKind::Terminal);
+            replica
+                .clone()
+                .frame(seq, &text, kind == EntryKind::Terminal);
         }
         self.keep(inner, seq, text, kind, cost);
     }
@@ -481,15 +512,15 @@ impl ChatLog {
         self.trim(inner);
     }
 
-    /// Records the end (the terminal frame was just pushed): the chat's
-    /// slot is released with `outcome`.
+    /// Records the end (the terminal frame was just pushed) and its
+    /// `outcome`, which the chat's owner is told at once.
     fn finish(&self, inner: &mut Inner, outcome: Outcome) {
         inner.ended = Some((outcome, Instant::now()));
+        if let Some(on_end) = inner.on_end.take() {
+            on_end(outcome);
+        }
         // Nothing is added any more: give the queue's spare room back.
         inner.frames.shrink_to_fit();
-        if let Some(mut slot) = inner.slot.take() {
-            slot.set_outcome(outcome);
-        }
         self.pulled.notify_one();
     }
 
@@ -505,7 +536,7 @@ impl ChatLog {
         inner.bytes = 0;
         log::debug!("chat {} log past its bound: no longer resumable", self.key);
         if let Link::Replica(replica) = &self.link {
-            replica.leave_store();
+            replica.clone().leave_store();
         }
         if inner.readers.is_empty() {
             if inner.detached_since.take().is_some() {
@@ -557,7 +588,7 @@ impl ChatLog {
         if let Link::Mirror(link) = &self.link {
             // The owner cancels; its `done` comes back through the store.
             if self.lock().ended.is_none() {
-                link.request_cancel();
+                link.clone().request_cancel();
             }
             return;
         }
@@ -769,9 +800,8 @@ mod tests {
     use actix::prelude::*;
 
     use super::*;
-    use crate::admission::{Admission, Client};
     use crate::chats::Chats;
-    use crate::config::{Config, ResumeLimits};
+    use crate::config::ResumeLimits;
     use crate::metrics::Metrics;
 
     /// A reader that is never told anything useful (the test pulls).
@@ -784,18 +814,14 @@ mod tests {
         fn handle(&mut self, _: LogReady, _: &mut Context<Self>) {}
     }
 
-    fn setup(per_chat: usize) -> (Arc<Chats>, Admission) {
-        let config = Config::from_args(["--bind", "127.0.0.1:0"], |_: &str| None).expect("config");
+    fn setup(per_chat: usize) -> Arc<Chats> {
         let metrics = Metrics::new().expect("metrics");
         let limits = ResumeLimits {
             window: Duration::from_secs(60),
             per_chat,
             total: usize::MAX / 2,
         };
-        (
-            Chats::new(limits, metrics.clone()),
-            Admission::new(&config, metrics),
-        )
+        Chats::new(limits, metrics)
     }
 
     #[actix_rt::test]
@@ -804,11 +830,7 @@ mod tests {
             let mut rng = fastrand::Rng::with_seed(seed);
             // Every third run has a small bound: the log stops retaining.
             let per_chat = if seed % 3 == 0 { 600 } else { 1 << 30 };
-            let (chats, admission) = setup(per_chat);
-            let slot = admission
-                .admit_chat(&Client::default())
-                .await
-                .expect("slot");
+            let chats = setup(per_chat);
             let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let flag = cancelled.clone();
             let deaf = Deaf.start().recipient::<LogReady>();
@@ -817,7 +839,7 @@ mod tests {
                 7,
                 "c".into(),
                 "m".into(),
-                slot,
+                Box::new(|_| {}),
                 Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst)),
                 deaf.clone(),
             );

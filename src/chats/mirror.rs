@@ -28,7 +28,7 @@ use bytestring::ByteString;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{watch, Notify};
 
-use super::chat_log::{Link, RemoteFrame};
+use super::chat_log::{Link, MirrorFeed, RemoteFrame, StoreLink};
 use super::store::{entry_id, parse_entry_id, ChatName, RedisStore, LEASE_TTL};
 use super::{ChatLog, Chats, SessionId};
 use crate::error::{ChatError, Outcome};
@@ -60,6 +60,34 @@ pub struct MirrorLink {
     /// Check the owner now (a cancel reached nobody).
     poked: AtomicBool,
     wake: Notify,
+}
+
+impl StoreLink for MirrorLink {
+    fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    fn session(&self) -> &SessionId {
+        &self.name.session
+    }
+
+    fn in_store(&self) -> bool {
+        true
+    }
+}
+
+impl MirrorFeed for MirrorLink {
+    fn request_cancel(self: Arc<Self>) {
+        MirrorLink::request_cancel(&self);
+    }
+
+    fn set_attached(&self, attached: bool) {
+        MirrorLink::set_attached(self, attached);
+    }
+
+    fn owner_refreshing(&self) -> futures_util::future::BoxFuture<'_, bool> {
+        Box::pin(MirrorLink::owner_refreshing(self))
+    }
 }
 
 impl MirrorLink {
@@ -188,6 +216,7 @@ impl Chats {
         let Link::Mirror(link) = log.link() else {
             return;
         };
+        let link = link.clone();
         let behind = || log.last_seq() < after && log.outcome().is_none();
         let mut deadline = Instant::now() + CATCH_UP;
         let mut extended = false;
@@ -231,9 +260,9 @@ impl Chats {
         // This instance runs it, or already has a copy of this very chat.
         if let Some(log) = self.find(&name.session, id) {
             match log.link() {
-                Link::Mirror(m) if Some(m.gen) != gen => {}
+                Link::Mirror(m) if Some(m.gen()) != gen => {}
                 Link::Mirror(_) => return Some(log),
-                Link::Replica(r) if gen.is_some_and(|g| g != r.gen) => {}
+                Link::Replica(r) if gen.is_some_and(|g| g != r.gen()) => {}
                 _ => return Some(log),
             }
         }
@@ -404,7 +433,7 @@ impl Chats {
         let stop = link.clone();
         let log = Arc::new(ChatLog::mirror(
             self.clone(),
-            crate::upstream::next_chat_key(),
+            super::next_chat_key(),
             name.id.clone(),
             link.clone(),
             Box::new(move || stop.stop()),
@@ -436,8 +465,8 @@ impl Chats {
             let chats = logs.entry(name.session.clone()).or_default();
             if let Some(existing) = chats.get(&name.id) {
                 let same = match existing.link() {
-                    Link::Mirror(m) => m.gen == gen,
-                    Link::Replica(r) => r.gen == gen,
+                    Link::Mirror(m) => m.gen() == gen,
+                    Link::Replica(r) => r.gen() == gen,
                     Link::Local => false,
                 };
                 if same {

@@ -22,9 +22,8 @@ use serde_json::Value;
 pub use chat_log::{AttachError, ChatLog, Link, LogReady, ReaderId};
 pub use store::RedisStore;
 
-use crate::admission::ChatSlot;
 use crate::config::ResumeLimits;
-use crate::error::ChatError;
+use crate::error::{ChatError, Outcome};
 use crate::metrics::Metrics;
 
 /// What a chat says, in order, from its task to whoever reads it.
@@ -66,6 +65,17 @@ impl EventKind {
     pub fn is_terminal(&self) -> bool {
         matches!(self, EventKind::Done { .. } | EventKind::Failed(_))
     }
+}
+
+/// Process-wide chat keys, for every front end (WebSocket sessions, the
+/// HTTP API and mirrors of chats other instances run): a client may reuse
+/// an id once its chat ended, and a late event of the old chat must never
+/// reach the new one.
+static NEXT_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A fresh chat key, unique in this process.
+pub fn next_chat_key() -> u64 {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
 /// An opaque session name: 192 bits from the OS's secure random source,
@@ -186,9 +196,10 @@ impl Chats {
     }
 
     /// Starts the log of a new chat (`key`, client `id`, `model`) of
-    /// `session`, with `reader` attached as [`ChatLog::FIRST`]; `cancel`
-    /// drops the chat's upstream request. The log is registered for
-    /// resumes (as the session's most recent chat with that id).
+    /// `session`, with `reader` attached as [`ChatLog::FIRST`]; `on_end` is
+    /// told how the chat ended, `cancel` drops its upstream request. The
+    /// log is registered for resumes (as the session's most recent chat
+    /// with that id).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         self: &Arc<Self>,
@@ -196,7 +207,7 @@ impl Chats {
         key: u64,
         id: &str,
         model: &str,
-        slot: ChatSlot,
+        on_end: Box<dyn FnOnce(Outcome) + Send>,
         cancel: Box<dyn Fn() + Send + Sync>,
         reader: actix::Recipient<LogReady>,
     ) -> Arc<ChatLog> {
@@ -205,7 +216,7 @@ impl Chats {
             key,
             id.to_owned(),
             model.to_owned(),
-            slot,
+            on_end,
             cancel,
             reader,
         );
@@ -238,8 +249,8 @@ impl Chats {
             .or_default()
             .insert(log.id.clone(), log.clone());
         let canonical = match log.link() {
-            Link::Replica(r) if r.in_store() => &r.name.session,
-            Link::Mirror(m) => &m.name.session,
+            Link::Replica(r) if r.in_store() => r.session(),
+            Link::Mirror(m) => m.session(),
             _ => return,
         };
         if let (Some(store), false) = (&self.store, canonical == session) {
@@ -257,7 +268,7 @@ impl Chats {
         let Some(log) = self.find(&name.session, &name.id) else {
             return;
         };
-        if matches!(log.link(), Link::Replica(r) if r.gen == gen) {
+        if matches!(log.link(), Link::Replica(r) if r.gen() == gen) {
             log.cancel();
         }
     }

@@ -44,6 +44,7 @@ use redis::aio::{
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::Notify;
 
+use super::chat_log::{ReplicaLink, StoreLink};
 use super::{ChatLog, Chats, SessionId};
 use crate::config::RedisUrl;
 use crate::metrics::Metrics;
@@ -221,6 +222,30 @@ pub struct Replica {
     dropped: AtomicBool,
     /// Its local log (for the lease refresh: is anyone attached?).
     log: OnceLock<Weak<ChatLog>>,
+}
+
+impl StoreLink for Replica {
+    fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    fn session(&self) -> &SessionId {
+        &self.name.session
+    }
+
+    fn in_store(&self) -> bool {
+        Replica::in_store(self)
+    }
+}
+
+impl ReplicaLink for Replica {
+    fn frame(self: Arc<Self>, seq: u64, text: &ByteString, terminal: bool) {
+        Replica::frame(&self, seq, text, terminal);
+    }
+
+    fn leave_store(self: Arc<Self>) {
+        Replica::leave_store(&self);
+    }
 }
 
 impl Replica {

@@ -20,7 +20,6 @@ mod chat;
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,16 +102,6 @@ impl ChatSink {
             ChatSink::Events { .. } => None,
         }
     }
-}
-
-/// Process-wide chat keys, for every front end (WebSocket sessions and the
-/// HTTP API alike): a client may reuse an id once its chat ended, and a
-/// late event of the old chat must never reach the new one.
-static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh key for [`StartChat`], unique in this process.
-pub fn next_chat_key() -> u64 {
-    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What a chat asks its upstreams: a WebSocket chat frame, or a `/v1` body
