@@ -542,6 +542,35 @@ impl RedisStore {
         format!("{} {gen}", self.instance)
     }
 
+    /// Adds to `batch` this instance's lease on chat `r` and the lifetime
+    /// `key_ttl` (ms) of its log.
+    fn hold_lease(&self, batch: &mut Batch, r: &Replica, key_ttl: u64) {
+        batch
+            .add(Check::Nothing)
+            .cmd("SET")
+            .arg(r.name.lease_key())
+            .arg(self.lease_value(r.gen))
+            .arg("PX")
+            .arg(millis(LEASE_TTL));
+        batch
+            .add(Check::Nothing)
+            .cmd("PEXPIRE")
+            .arg(r.name.log_key())
+            .arg(key_ttl);
+    }
+
+    /// Adds to `batch` the mark that a socket here is attached to chat
+    /// `name` (it lapses unless refreshed).
+    fn mark_attached(&self, batch: &mut Batch, name: &ChatName) {
+        batch
+            .add(Check::Nothing)
+            .cmd("SET")
+            .arg(name.attached_key())
+            .arg(&self.instance)
+            .arg("PX")
+            .arg(millis(LEASE_TTL));
+    }
+
     /// Starts writing a new chat of this instance: returns its replica,
     /// whose frames go to the store from now on.
     pub fn begin(self: &Arc<Self>, name: ChatName) -> Arc<Replica> {
@@ -912,13 +941,7 @@ impl Writer {
                 }
                 Op::Attached(name, on) => {
                     if on {
-                        batch
-                            .add(Check::Nothing)
-                            .cmd("SET")
-                            .arg(name.attached_key())
-                            .arg(&store.instance)
-                            .arg("PX")
-                            .arg(millis(LEASE_TTL));
+                        store.mark_attached(&mut batch, &name);
                         self.attached.insert(name);
                     } else if self.attached.remove(&name) {
                         batch
@@ -958,18 +981,7 @@ impl Writer {
                 batch.add(Check::Nothing).cmd("DEL").arg(n.lease_key());
                 self.running.remove(&r.gen);
             } else if *begun {
-                batch
-                    .add(Check::Nothing)
-                    .cmd("SET")
-                    .arg(n.lease_key())
-                    .arg(store.lease_value(r.gen))
-                    .arg("PX")
-                    .arg(millis(LEASE_TTL));
-                batch
-                    .add(Check::Nothing)
-                    .cmd("PEXPIRE")
-                    .arg(n.log_key())
-                    .arg(store.running_ttl());
+                store.hold_lease(&mut batch, r, store.running_ttl());
             }
         }
         for r in std::mem::take(&mut self.drops) {
@@ -1036,18 +1048,7 @@ impl Writer {
         let running_ttl = store.running_ttl();
         for r in self.running.values() {
             let n = &r.name;
-            batch
-                .add(Check::Nothing)
-                .cmd("SET")
-                .arg(n.lease_key())
-                .arg(store.lease_value(r.gen))
-                .arg("PX")
-                .arg(millis(LEASE_TTL));
-            batch
-                .add(Check::Nothing)
-                .cmd("PEXPIRE")
-                .arg(n.log_key())
-                .arg(running_ttl);
+            store.hold_lease(batch, r, running_ttl);
             // Nobody attached here: is someone attached elsewhere?
             if r.local_log().is_some_and(|l| !l.has_readers()) {
                 batch
@@ -1070,13 +1071,7 @@ impl Writer {
             keep
         });
         for name in &self.attached {
-            batch
-                .add(Check::Nothing)
-                .cmd("SET")
-                .arg(name.attached_key())
-                .arg(&store.instance)
-                .arg("PX")
-                .arg(millis(LEASE_TTL));
+            store.mark_attached(batch, name);
         }
         for (key, members) in &self.slots {
             let eval = batch

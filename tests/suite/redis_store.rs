@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::resume::{
-    assert_whole, frames_until_deltas, paced, resume_frame, seq, session_of, words,
-};
+use crate::resume::{assert_whole, frames_until_deltas, paced, seq, session_of, words};
 use crate::support::process::ChildGateway;
 use crate::support::redis_server::RedisServer;
 use crate::support::*;
@@ -36,14 +34,6 @@ async fn two_gateways(
     let a = gateway_for(fake, &refs(&args)).await;
     let b = gateway_for(fake, &refs(&args)).await;
     (a, b)
-}
-
-/// A counter's value on a gateway's /metrics page (0 when absent).
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let (_, text) = http_get(addr, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Starts chat `id` on `ws`, reads `n` deltas and closes the socket:
@@ -81,12 +71,8 @@ async fn a_chat_resumes_exactly_on_another_instance_and_back() {
     let mut on_a = WsClient::connect(a.addr).await;
     let (head, session) = start_and_leave(&mut on_a, "c1", 5).await;
     let mut on_b = WsClient::connect(b.addr).await;
-    on_b.send_json(&resume_frame(
-        &session,
-        "c1",
-        seq(head.last().expect("frames")),
-    ))
-    .await;
+    on_b.send_resume(&session, "c1", seq(head.last().expect("frames")))
+        .await;
     let mut middle = Vec::new();
     while middle
         .iter()
@@ -102,9 +88,7 @@ async fn a_chat_resumes_exactly_on_another_instance_and_back() {
     on_b.close().await;
     let mut again = WsClient::connect(a.addr).await;
     let after = seq(middle.last().expect("frames on B"));
-    again
-        .send_json(&resume_frame(&session_b, "c1", after))
-        .await;
+    again.send_resume(&session_b, "c1", after).await;
     let tail = again.chat_until_terminal("c1", WAIT).await;
     let all: Vec<Value> = head.iter().chain(&middle).cloned().collect();
     assert_whole(&all, &tail);
@@ -124,7 +108,7 @@ async fn a_chat_resumes_exactly_on_another_instance_and_back() {
     assert!(fake2.wait_attempts(1, WAIT).await);
     tokio::time::sleep(ms(400)).await; // it ends while detached
     let mut on_a = WsClient::connect(a.addr).await;
-    on_a.send_json(&resume_frame(&session, "x", 0)).await;
+    on_a.send_resume(&session, "x", 0).await;
     let all = on_a.chat_until_terminal("x", WAIT).await;
     assert_whole(&[], &all);
     assert_eq!(
@@ -152,12 +136,8 @@ async fn a_chat_read_on_another_instance_is_not_abandoned() {
     let mut on_a = WsClient::connect(a.addr).await;
     let (head, session) = start_and_leave(&mut on_a, "c1", 3).await;
     let mut on_b = WsClient::connect(b.addr).await;
-    on_b.send_json(&resume_frame(
-        &session,
-        "c1",
-        seq(head.last().expect("frames")),
-    ))
-    .await;
+    on_b.send_resume(&session, "c1", seq(head.last().expect("frames")))
+        .await;
     let tail = on_b.chat_until_terminal("c1", WAIT).await;
     assert_whole(&head, &tail);
     expect_done(&tail);
@@ -182,12 +162,8 @@ async fn cancel_on_another_instance_drops_the_owners_upstream_request() {
     let mut on_a = WsClient::connect(a.addr).await;
     let (head, session) = start_and_leave(&mut on_a, "c1", 3).await;
     let mut on_b = WsClient::connect(b.addr).await;
-    on_b.send_json(&resume_frame(
-        &session,
-        "c1",
-        seq(head.last().expect("frames")),
-    ))
-    .await;
+    on_b.send_resume(&session, "c1", seq(head.last().expect("frames")))
+        .await;
     on_b.expect_type("c1", "delta", WAIT).await;
     assert_eq!(fake.disconnects(), 0);
     on_b.send_cancel("c1").await;
@@ -232,7 +208,7 @@ async fn owner_death_ends_the_resumed_chat_upstream_broken_within_10_s() {
     drop(owner); // SIGKILL, by PID
     let b = gateway_for(&fake, &refs(&on(&redis, &[]))).await;
     let mut on_b = WsClient::connect(b.addr).await;
-    on_b.send_json(&resume_frame(&session, "c1", after)).await;
+    on_b.send_resume(&session, "c1", after).await;
     let tail = on_b
         .chat_until_terminal("c1", Duration::from_secs(12))
         .await;
@@ -257,7 +233,7 @@ async fn owner_death_ends_the_resumed_chat_upstream_broken_within_10_s() {
     );
     // A second reader gets the very same ending.
     let mut other = WsClient::connect(b.addr).await;
-    other.send_json(&resume_frame(&session, "c1", 0)).await;
+    other.send_resume(&session, "c1", 0).await;
     let all = other.chat_until_terminal("c1", WAIT).await;
     assert_eq!(all.last(), tail.last());
     b.stop(false).await;
@@ -294,7 +270,7 @@ async fn keys_expire_with_the_window_then_resume_is_unavailable() {
     );
     // Within the window: resumable on B.
     let mut on_b = WsClient::connect(b.addr).await;
-    on_b.send_json(&resume_frame(&session, "c1", 0)).await;
+    on_b.send_resume(&session, "c1", 0).await;
     expect_done(&on_b.chat_until_terminal("c1", WAIT).await);
     // After it: gone everywhere.
     let mut gone = false;
@@ -310,7 +286,7 @@ async fn keys_expire_with_the_window_then_resume_is_unavailable() {
     tokio::time::sleep(ms(1200)).await; // B forgets its copy too
     for gw in [&a, &b] {
         let mut ws = WsClient::connect(gw.addr).await;
-        ws.send_json(&resume_frame(&session, "c1", 0)).await;
+        ws.send_resume(&session, "c1", 0).await;
         let err = ws.next_for("c1", WAIT).await.expect("an answer");
         assert_eq!(err["code"], "resume_unavailable", "{err}");
         assert!(err.get("seq").is_none(), "{err}");
@@ -332,7 +308,7 @@ async fn an_after_beyond_the_log_is_a_bad_request_while_the_owner_lives() {
     let after = seq(head.last().expect("frames")) + 1000;
     let mut on_b = WsClient::connect(b.addr).await;
     let asked = Instant::now();
-    on_b.send_json(&resume_frame(&session, "c1", after)).await;
+    on_b.send_resume(&session, "c1", after).await;
     let err = on_b.next_for("c1", WAIT).await.expect("an answer");
     assert_eq!(err["code"], "bad_request", "{err}");
     assert!(err.get("seq").is_none(), "{err}");
@@ -342,12 +318,8 @@ async fn an_after_beyond_the_log_is_a_bad_request_while_the_owner_lives() {
         asked.elapsed()
     );
     // It changed nothing: a proper resume still works.
-    on_b.send_json(&resume_frame(
-        &session,
-        "c1",
-        seq(head.last().expect("frames")),
-    ))
-    .await;
+    on_b.send_resume(&session, "c1", seq(head.last().expect("frames")))
+        .await;
     on_b.expect_type("c1", "delta", WAIT).await;
     a.stop(false).await;
     b.stop(false).await;
@@ -501,7 +473,7 @@ async fn redis_lost_and_back() {
     );
     // A resume elsewhere of a chat the store lost is refused, not hung.
     let session = session_of(&on_a);
-    on_b.send_json(&resume_frame(&session, "c2", 0)).await;
+    on_b.send_resume(&session, "c2", 0).await;
     let err = on_b.next_for("c2", WAIT).await.expect("an answer");
     assert_eq!(err["code"], "resume_unavailable", "{err}");
 
@@ -516,11 +488,7 @@ async fn redis_lost_and_back() {
         let (head, session) = start_and_leave(&mut ws, &id, 3).await;
         let mut other = WsClient::connect(b.addr).await;
         other
-            .send_json(&resume_frame(
-                &session,
-                &id,
-                seq(head.last().expect("frames")),
-            ))
+            .send_resume(&session, &id, seq(head.last().expect("frames")))
             .await;
         let first = other.next_for(&id, WAIT).await.expect("an answer");
         if first.get("seq").is_some() {
@@ -612,12 +580,8 @@ async fn a_password_in_the_url_is_used() {
     let mut on_a = WsClient::connect(a.addr).await;
     let (head, session) = start_and_leave(&mut on_a, "c1", 2).await;
     let mut on_b = WsClient::connect(b.addr).await;
-    on_b.send_json(&resume_frame(
-        &session,
-        "c1",
-        seq(head.last().expect("frames")),
-    ))
-    .await;
+    on_b.send_resume(&session, "c1", seq(head.last().expect("frames")))
+        .await;
     let tail = on_b.chat_until_terminal("c1", WAIT).await;
     assert_eq!(format!("{}{}", content_of(&head), content_of(&tail)), text);
     a.stop(false).await;

@@ -3,34 +3,17 @@
 //! redirects (never followed), and content-encoded event streams.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::fake::{
     chunk, completion, done_event, event, split_at, sse_body, sse_events, with_gaps,
 };
+use crate::support::process::plateau;
 use crate::support::*;
 
 const MB: usize = 1024 * 1024;
-
-/// Waits until `f()` has not changed for `quiet` (bounded by `timeout`).
-async fn plateau(timeout: Duration, quiet: Duration, f: impl Fn() -> usize) -> Option<usize> {
-    let deadline = Instant::now() + timeout;
-    let mut last = f();
-    let mut since = Instant::now();
-    while Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = f();
-        if now != last {
-            last = now;
-            since = Instant::now();
-        } else if since.elapsed() >= quiet {
-            return Some(now);
-        }
-    }
-    None
-}
 
 // ---------------------------------------------------------------------------
 // Size bounds

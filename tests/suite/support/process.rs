@@ -203,7 +203,11 @@ impl Drop for RssSampler {
 
 /// Waits until `f()` has not changed for `quiet`; returns the value, or
 /// `None` if it kept changing until `timeout`.
-pub async fn plateau(timeout: Duration, quiet: Duration, f: impl Fn() -> u64) -> Option<u64> {
+pub async fn plateau<T: PartialEq + Copy>(
+    timeout: Duration,
+    quiet: Duration,
+    f: impl Fn() -> T,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     let mut last = f();
     let mut since = Instant::now();

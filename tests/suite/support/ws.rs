@@ -221,6 +221,14 @@ impl WsClient {
             .await;
     }
 
+    /// Sends a `resume` frame: chat `id` of `session`, frames after `after`.
+    pub async fn send_resume(&mut self, session: &str, id: &str, after: u64) {
+        self.send_json(&serde_json::json!({
+            "type": "resume", "session": session, "id": id, "after": after
+        }))
+        .await;
+    }
+
     /// Sends a close frame (normal closure) and stops using the socket.
     pub async fn close(&mut self) {
         let _ = self
