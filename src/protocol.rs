@@ -638,6 +638,16 @@ impl ServerFrame<'_> {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
 
+    /// Appends the frame's JSON to `out` (what [`Self::to_json`] returns).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Cannot fail, as above; on the impossible error `out` holds what
+        // was written and the caller's frame is cut: say `{}` instead.
+        if serde_json::to_writer(&mut *out, self).is_err() {
+            out.clear();
+            out.extend_from_slice(b"{}");
+        }
+    }
+
     /// An `error` frame refusing a client frame (no `seq`).
     pub fn error<'a>(id: Option<&'a str>, err: &'a ChatError) -> ServerFrame<'a> {
         ServerFrame::Error {

@@ -14,11 +14,13 @@
 //! unread, so a slow browser slows the upstream read instead of growing
 //! memory.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use actix::prelude::*;
+use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
@@ -37,6 +39,20 @@ pub type ReaderId = u64;
 /// bounds so that they bound memory: the entry (twice: a growing queue may
 /// hold as much again in spare room) and an allocation header.
 const ENTRY_COST: usize = 2 * std::mem::size_of::<Entry>() + 16;
+
+/// A log's frames are written one after the other into blocks of at least
+/// this many bytes (a block per frame would cost an allocation each and
+/// the allocator's rounding and headers: ~3× the text in a 200-delta chat);
+/// a block is freed when the last frame in it is.
+const MIN_BLOCK: usize = 512;
+/// Blocks grow with the log (a quarter of its text so far) up to this.
+const MAX_BLOCK: usize = 16 * 1024;
+
+thread_local! {
+    /// Where a frame is serialised before it is copied into its log's
+    /// block (one per thread: no allocation per frame, none per chat).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// What a retained log costs besides its frames: itself, its place in the
 /// registry (session id, chat id, map slots).
@@ -177,6 +193,10 @@ struct Inner {
     /// Frames from seq `first_seq` on (a log that stopped retaining drops
     /// the ones every reader has).
     frames: VecDeque<Entry>,
+    /// The rest of the block the next frame is written into.
+    block: BytesMut,
+    /// Text bytes written so far (sizes the next block).
+    written: usize,
     first_seq: u64,
     next_seq: u64,
     /// Bytes of `frames` counted against the bounds (while retaining).
@@ -195,6 +215,55 @@ struct Inner {
     /// delivery.
     delivered: u64,
     deltas_delivered: u64,
+}
+
+impl Inner {
+    /// Serialises `frame` into the current block (opening a new one if it
+    /// does not fit): its text, and the size of the block it opened (0 if
+    /// none).
+    fn write(&mut self, frame: &ServerFrame<'_>) -> (ByteString, usize) {
+        SCRATCH.with(|scratch| {
+            let mut json = scratch.borrow_mut();
+            json.clear();
+            frame.write_json(&mut json);
+            let len = json.len();
+            let mut opened = 0;
+            if self.block.capacity() < len {
+                opened = (self.written / 4).clamp(MIN_BLOCK, MAX_BLOCK).max(len);
+                self.block = BytesMut::with_capacity(opened);
+            }
+            self.block.extend_from_slice(&json);
+            self.written += len;
+            // A huge frame leaves a huge scratch: give it back.
+            if json.capacity() > 4 * MAX_BLOCK {
+                *json = Vec::new();
+            }
+            let text = ByteString::try_from(self.block.split().freeze())
+                .unwrap_or_else(|_| ByteString::from_static("{}"));
+            (text, opened)
+        })
+    }
+
+    /// A log with no frame, no reader and no end yet; `retained` if the
+    /// log's own cost was reserved.
+    fn empty(retained: bool) -> Inner {
+        Inner {
+            frames: VecDeque::new(),
+            block: BytesMut::new(),
+            written: 0,
+            first_seq: 1,
+            next_seq: 1,
+            bytes: if retained { LOG_COST } else { 0 },
+            retained,
+            readers: Vec::new(),
+            next_reader: ChatLog::FIRST,
+            detached_since: None,
+            ended: None,
+            on_end: None,
+            delivered: 0,
+            deltas_delivered: 0,
+        }
+    }
 }
 
 /// The log of one chat.
@@ -239,11 +308,6 @@ impl ChatLog {
             chats,
             cancel,
             inner: Mutex::new(Inner {
-                frames: VecDeque::new(),
-                first_seq: 1,
-                next_seq: 1,
-                bytes: if retained { LOG_COST } else { 0 },
-                retained,
                 readers: vec![Reader {
                     id: Self::FIRST,
                     to: first,
@@ -251,11 +315,8 @@ impl ChatLog {
                     unread: 0,
                 }],
                 next_reader: Self::FIRST + 1,
-                detached_since: None,
-                ended: None,
                 on_end: Some(on_end),
-                delivered: 0,
-                deltas_delivered: 0,
+                ..Inner::empty(retained)
             }),
             pulled: Notify::new(),
             link: Link::Local,
@@ -287,18 +348,8 @@ impl ChatLog {
             chats,
             cancel: stop,
             inner: Mutex::new(Inner {
-                frames: VecDeque::new(),
-                first_seq: 1,
-                next_seq: 1,
-                bytes: if retained { LOG_COST } else { 0 },
-                retained,
-                readers: Vec::new(),
-                next_reader: Self::FIRST,
                 detached_since: Some(Instant::now()),
-                ended: None,
-                on_end: None,
-                delivered: 0,
-                deltas_delivered: 0,
+                ..Inner::empty(retained)
             }),
             pulled: Notify::new(),
             link: Link::Mirror(link),
@@ -479,11 +530,9 @@ impl ChatLog {
             ),
             EventKind::Chunk { .. } | EventKind::Whole { .. } => return,
         };
-        let json = frame.to_json();
-        // The memory the frame takes: its buffer (with the encoder's spare
-        // room) and its entry.
-        let cost = json.capacity() + ENTRY_COST;
-        let text = ByteString::from(json);
+        let (text, block) = inner.write(&frame);
+        // The memory the frame takes: its entry, and the block it opened.
+        let cost = block + ENTRY_COST;
         inner.next_seq += 1;
         if let Link::Replica(replica) = &self.link {
             replica
