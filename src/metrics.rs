@@ -36,6 +36,7 @@ pub struct Metrics {
     pub ws_slow_consumer_closed_total: IntCounter,
     /// Chats (running, or ended and retained) with no socket attached.
     pub chats_detached: IntGauge,
+    pub resume_retained_bytes: IntGauge,
     /// `resume` frames, by result (`ok`, `unavailable`, `bad_request`, `busy`).
     pub resumes_total: IntCounterVec,
     /// Pieces of model reasoning received from upstreams.
@@ -104,6 +105,10 @@ impl Metrics {
             "netfly_chats_detached",
             "Chats, running or ended but retained, with no socket attached",
         )?;
+        let resume_retained_bytes = IntGauge::new(
+            "netfly_resume_retained_bytes",
+            "Memory the chat logs retain for resumes, counted against --resume-max-bytes",
+        )?;
         let resumes_total = IntCounterVec::new(
             Opts::new("netfly_resumes_total", "Resume frames, by result"),
             &["result"],
@@ -116,7 +121,7 @@ impl Metrics {
             "netfly_resume_store_errors_total",
             "Round trips to the resume store (Redis) that failed",
         )?;
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(ws_connections.clone()),
             Box::new(chats_active.clone()),
             Box::new(chats_total.clone()),
@@ -128,6 +133,7 @@ impl Metrics {
             Box::new(ws_refused_total.clone()),
             Box::new(ws_slow_consumer_closed_total.clone()),
             Box::new(chats_detached.clone()),
+            Box::new(resume_retained_bytes.clone()),
             Box::new(resumes_total.clone()),
             Box::new(reasoning_deltas_total.clone()),
             Box::new(resume_store_errors_total.clone()),
@@ -148,6 +154,7 @@ impl Metrics {
             ws_refused_total,
             ws_slow_consumer_closed_total,
             chats_detached,
+            resume_retained_bytes,
             resumes_total,
             reasoning_deltas_total,
             resume_store_errors_total,

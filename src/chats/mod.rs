@@ -174,16 +174,33 @@ impl Chats {
     /// Takes `n` bytes from the total budget, if they fit.
     fn reserve(&self, n: usize) -> bool {
         let total = self.limits.total;
-        self.retained
+        let taken = self
+            .retained
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                 (cur + n <= total).then_some(cur + n)
-            })
-            .is_ok()
+            });
+        match taken {
+            Ok(_) => {
+                self.show_retained();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Gives `n` bytes back to the total budget.
     fn release(&self, n: usize) {
         self.retained.fetch_sub(n, Ordering::AcqRel);
+        self.show_retained();
+    }
+
+    /// The gauge follows the total (two racing updates may leave it a
+    /// moment old; the next update or the reaper's next look corrects it).
+    fn show_retained(&self) {
+        let now = self.retained.load(Ordering::Acquire);
+        self.metrics
+            .resume_retained_bytes
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 
     /// Bytes retained by every log now.
@@ -294,6 +311,7 @@ impl Chats {
         loop {
             every.tick().await;
             self.reap_once(Instant::now());
+            self.show_retained();
         }
     }
 

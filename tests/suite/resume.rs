@@ -116,7 +116,7 @@ async fn close_mid_answer_then_resume_is_exact() {
     expect_metric(gw.addr, "netfly_chats_detached 1").await;
     let mut b = WsClient::connect(gw.addr).await;
     let after = seq(head.last().expect("frames"));
-    b.send_json(&resume_frame(&session, "c1", after)).await;
+    b.send_resume(&session, "c1", after).await;
     let tail = b.chat_until_terminal("c1", WAIT).await;
     assert_whole(&head, &tail);
     assert_eq!(format!("{}{}", content_of(&head), content_of(&tail)), text);
@@ -133,7 +133,7 @@ async fn resume_after_zero_replays_everything() {
     let session = session_of(&a);
     drop(a);
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let all = b.chat_until_terminal("c1", WAIT).await;
     assert_whole(&[], &all);
     assert_eq!(all[0]["type"], "start");
@@ -156,7 +156,7 @@ async fn resume_after_the_chat_ended_while_detached() {
     assert!(poll_until(WAIT, ms(10), || m.chats_active.get() == 0).await);
     assert_eq!(fake.disconnects(), 0);
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", seq(&head[head.len() - 1])))
+    b.send_resume(&session, "c1", seq(&head[head.len() - 1]))
         .await;
     let tail = b.chat_until_terminal("c1", WAIT).await;
     assert_whole(&head, &tail);
@@ -165,7 +165,7 @@ async fn resume_after_the_chat_ended_while_detached() {
     let terminal = seq(tail.last().expect("terminal"));
     for after in [terminal, terminal + 5] {
         let mut c = WsClient::connect(gw.addr).await;
-        c.send_json(&resume_frame(&session, "c1", after)).await;
+        c.send_resume(&session, "c1", after).await;
         let again = c.chat_until_terminal("c1", WAIT).await;
         assert_eq!(again.len(), 1, "{again:#?}");
         assert_eq!(&again[0], tail.last().expect("terminal"));
@@ -185,7 +185,7 @@ async fn unknown_or_foreign_resumes_are_unavailable() {
         ("not-a-session", "c1"),    // not even the shape of one
         (&session[..47], "c1"),     // a prefix of the real one
     ] {
-        b.send_json(&resume_frame(s, id, 0)).await;
+        b.send_resume(s, id, 0).await;
         let err = b.next_for(id, WAIT).await.expect("an answer");
         assert_eq!(err["type"], "error", "{err}");
         assert_eq!(err["code"], "resume_unavailable", "{err}");
@@ -255,7 +255,7 @@ async fn bad_resumes_are_bad_requests_and_change_nothing() {
     }
     // An id in flight on the resuming socket itself: refused with id null,
     // the running chat untouched.
-    a.send_json(&resume_frame(&session, "c1", 0)).await;
+    a.send_resume(&session, "c1", 0).await;
     let err = a.next_unattributed(WAIT).await.expect("refusal");
     assert_eq!(err["code"], "bad_request", "{err}");
     let tail = a.chat_until_terminal("c1", WAIT).await;
@@ -275,7 +275,7 @@ async fn cancel_after_resume_drops_the_upstream_request() {
     let head = frames_until_deltas(&mut a, "c1", 1).await;
     drop(a);
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", seq(&head[head.len() - 1])))
+    b.send_resume(&session, "c1", seq(&head[head.len() - 1]))
         .await;
     b.expect_no_frame(ms(100)).await;
     assert_eq!(fake.disconnects(), 0);
@@ -295,7 +295,7 @@ async fn two_sockets_attached_get_the_same_frames() {
     let (_fake, gw, mut a, head, _text) = mid_answer(200, ms(10), 3, &[]).await;
     let session = session_of(&a);
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let b_head = frames_until_deltas(&mut b, "c1", 10).await;
     b.send_cancel("c1").await;
     let a_tail = a.chat_until_terminal("c1", WAIT).await;
@@ -332,7 +332,7 @@ async fn window_expiry_drops_the_upstream_and_forgets_the_chat() {
         "dropped after {after:?}, before the window"
     );
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 1)).await;
+    b.send_resume(&session, "c1", 1).await;
     let err = b.next_for("c1", WAIT).await.expect("refusal");
     assert_eq!(err["code"], "resume_unavailable", "{err}");
     expect_metric(gw.addr, "netfly_chats_total{outcome=\"abandoned\"} 1").await;
@@ -351,13 +351,18 @@ async fn ended_logs_are_forgotten_after_the_window() {
     let session = session_of(&a);
     let frames = a.chat("c1", "hi", WAIT).await;
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     assert_eq!(b.chat_until_terminal("c1", WAIT).await, frames);
+    // The retained log is counted, at least its frames' text.
+    let text: usize = frames.iter().map(|f| f.to_string().len()).sum();
+    let retained = metric(gw.addr, "netfly_resume_retained_bytes").await;
+    assert!(retained >= text as f64, "{retained} retained for {text} B");
     tokio::time::sleep(ms(700)).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let err = b.next_for("c1", WAIT).await.expect("refusal");
     assert_eq!(err["code"], "resume_unavailable", "{err}");
     expect_metric(gw.addr, "netfly_chats_detached 0").await;
+    expect_metric(gw.addr, "netfly_resume_retained_bytes 0").await;
     gw.stop(false).await;
 }
 
@@ -371,7 +376,7 @@ async fn window_zero_keeps_no_log() {
     let session = session_of(&a);
     a.chat("c1", "hi", WAIT).await;
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let err = b.next_for("c1", WAIT).await.expect("refusal");
     assert_eq!(err["code"], "resume_unavailable", "{err}");
     gw.stop(false).await;
@@ -387,7 +392,7 @@ async fn a_resume_past_max_streams_is_busy() {
     let mut b = WsClient::connect(gw.addr).await;
     b.send_chat("own", "hi").await;
     b.expect_type("own", "delta", WAIT).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let err = b.next_for("c1", WAIT).await.expect("refusal");
     assert_eq!(err["code"], "busy", "{err}");
     assert!(err.get("seq").is_none(), "{err}");
@@ -411,7 +416,7 @@ async fn a_log_past_its_bound_streams_on_but_is_not_resumable() {
     assert_eq!(content_of(&frames), text);
     assert_whole(&[], &frames);
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let err = b.next_for("c1", WAIT).await.expect("refusal");
     assert_eq!(err["code"], "resume_unavailable", "{err}");
     gw.stop(false).await;
@@ -442,7 +447,7 @@ async fn the_total_bound_is_shared_by_every_log() {
     let frames = a.chat("c1", "hi", WAIT).await;
     assert_eq!(content_of(&frames), text);
     let mut b = WsClient::connect(gw.addr).await;
-    b.send_json(&resume_frame(&session, "c1", 0)).await;
+    b.send_resume(&session, "c1", 0).await;
     let err = b.next_for("c1", WAIT).await.expect("refusal");
     assert_eq!(err["code"], "resume_unavailable", "{err}");
     // Small chats still fit.
@@ -473,7 +478,7 @@ async fn resume_racing_a_fast_stream_never_duplicates_or_skips() {
         // Vanish without a close frame, then resume at once.
         drop(a);
         let mut b = WsClient::connect(gw.addr).await;
-        b.send_json(&resume_frame(&session, "c1", seq(&head[head.len() - 1])))
+        b.send_resume(&session, "c1", seq(&head[head.len() - 1]))
             .await;
         let live = gw.metrics().chats_active.get() == 1;
         mid_stream += usize::from(live);

@@ -329,6 +329,14 @@ pub async fn expect_metric(addr: std::net::SocketAddr, needle: &str) {
     );
 }
 
+/// A series' value on a gateway's /metrics page (0 when absent).
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// What awc's `send` resolves to (its body decoded per `Content-Encoding`).
 pub type AwcResponse = awc::ClientResponse<actix_http::encoding::Decoder<actix_http::Payload>>;
 
