@@ -1,12 +1,13 @@
-//! The direct client: an HTTP/1.1 keep-alive connection to the fake
-//! upstream, read with the gateway's own SSE parser and chunk decoder. This
-//! is the physical limit the gateway is compared with: same upstream, same
-//! parsing, no gateway in the path.
+//! The HTTP client: an HTTP/1.1 keep-alive connection that POSTs chat
+//! completions and reads the chunked SSE answer with the gateway's own SSE
+//! parser. Against the fake upstream it is the direct fleet, the physical
+//! limit the gateway is compared with (same upstream, same parsing, no
+//! gateway in the path); against the gateway's `/v1/chat/completions` it is
+//! the `/v1` fleet.
 
 use std::io;
 use std::net::SocketAddr;
 
-use netfly::upstream::completion::{decode_event, Decoded};
 use netfly::upstream::sse::{Event, Parser};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -15,7 +16,7 @@ use crate::ws::{find, read_more};
 
 const MAX_HEAD: usize = 16 * 1024;
 
-/// One keep-alive connection to the upstream.
+/// One keep-alive connection to the upstream or the gateway.
 pub struct Direct {
     stream: TcpStream,
     addr: SocketAddr,
@@ -32,7 +33,8 @@ pub enum End {
     Done,
     /// The upstream answered with another status.
     Status(u16),
-    /// An event could not be decoded (the decoder's message).
+    /// An event was refused by the caller (its message), or the stream
+    /// ended without `[DONE]`.
     Broken(#[allow(dead_code)] String),
 }
 
@@ -69,12 +71,13 @@ impl Direct {
         }
     }
 
-    /// POSTs one chat and streams its answer; `on_delta(content, arrival_ns)`
-    /// runs for every non-empty delta content.
+    /// POSTs one chat and streams its answer; `on_event(event, arrival_ns)`
+    /// runs for every event but the final `[DONE]`, and its `Err` marks the
+    /// stream broken (the rest is still read, to keep the connection).
     pub async fn chat(
         &mut self,
         body: &str,
-        mut on_delta: impl FnMut(&str, u64),
+        mut on_event: impl FnMut(&Event, u64) -> Result<(), String>,
     ) -> io::Result<End> {
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
@@ -124,13 +127,10 @@ impl Direct {
             self.events.clear();
             self.parser.push(data, &mut self.events);
             for ev in &self.events {
-                match decode_event(ev) {
-                    Ok(Decoded::Chunk {
-                        content: Some(c), ..
-                    }) => on_delta(&c, self.last_read_ns),
-                    Ok(Decoded::Done) => done = true,
-                    Ok(_) => {}
-                    Err(e) => broken = Some(e.to_string()),
+                if ev.data.trim() == "[DONE]" {
+                    done = true;
+                } else if let Err(e) = on_event(ev, self.last_read_ns) {
+                    broken.get_or_insert(e);
                 }
             }
         }

@@ -24,13 +24,13 @@ pub struct GatewayProc {
 }
 
 impl GatewayProc {
-    /// Starts `wrap… bin --bind 127.0.0.1:0 --upstream url extra…` and waits
-    /// (at most `timeout`) for its `listening on http://ADDR` line.
+    /// Starts `wrap… bin --bind 127.0.0.1:0 … args…` (`args` name the
+    /// upstream: `--upstream URL` or `--config FILE`) and waits (at most
+    /// `timeout`) for its `listening on http://ADDR` line.
     pub fn start(
         bin: &Path,
         wrap: &[String],
-        upstream: &str,
-        extra: &[String],
+        args: &[String],
         timeout: Duration,
     ) -> Result<GatewayProc, String> {
         let mut cmd = match wrap.split_first() {
@@ -41,11 +41,11 @@ impl GatewayProc {
             }
             None => Command::new(bin),
         };
-        cmd.args(["--bind", "127.0.0.1:0", "--upstream", upstream])
+        cmd.args(["--bind", "127.0.0.1:0"])
             .args(["--max-connections", "20000"])
             .args(["--shutdown-grace-ms", "500"])
             .args(["--allowed-origins", "*"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -157,6 +157,18 @@ impl GatewayProc {
         let _ = self.child.wait();
         RUNNING.store(0, Ordering::SeqCst);
     }
+}
+
+/// Whether the gateway binary knows `flag` (its `--help` names it): the
+/// resume scenarios need `--resume-window-ms`, which older builds lack.
+pub fn supports(bin: &Path, flag: &str) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+        .unwrap_or(false)
 }
 
 impl Drop for GatewayProc {

@@ -4,7 +4,9 @@
 //! `"<seq>:<mono_ns>:"` padded with `x` to `b` bytes, at `p` ms pacing
 //! (0 = as fast as TCP allows). The parameters travel in the last user
 //! message, `bench n=<n> b=<b> p=<p>`, so the same upstream serves direct
-//! clients and the gateway without reconfiguration.
+//! clients and the gateway without reconfiguration. Every chunk names the
+//! request's `model` (as a real provider does), so a gateway that maps
+//! model names can be checked for mapping them back.
 
 use std::io;
 use std::net::SocketAddr;
@@ -153,10 +155,12 @@ async fn serve(mut s: TcpStream) -> io::Result<()> {
                 return Ok(());
             }
         }
-        let spec = StreamSpec::from_body(&buf[head_end..head_end + length]);
+        let body = &buf[head_end..head_end + length];
+        let spec = StreamSpec::from_body(body);
+        let model = request_model(body).unwrap_or(DEFAULT_MODEL).to_owned();
         buf.drain(..head_end + length);
         match spec {
-            Some(spec) => stream(&mut s, spec).await?,
+            Some(spec) => stream(&mut s, spec, &model).await?,
             None => {
                 let body =
                     r#"{"error":{"message":"not a bench prompt","type":"invalid_request_error"}}"#;
@@ -170,7 +174,27 @@ async fn serve(mut s: TcpStream) -> io::Result<()> {
     }
 }
 
-const CHUNK_HEAD: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1732000000,"model":"gpt-3.5-turbo","system_fingerprint":"fp_bench","choices":[{"index":0,"delta":"#;
+/// The model named in chunks when the request names none.
+const DEFAULT_MODEL: &str = "gpt-3.5-turbo";
+
+/// The request's top-level `"model":"…"` string, when it has no escapes
+/// (bench model names never do). Both the gateway and the bench clients
+/// write it as the first field.
+fn request_model(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let at = text.find(r#""model":""#)? + r#""model":""#.len();
+    let len = text[at..].find(['"', '\\'])?;
+    let name = &text[at..at + len];
+    (text[at + len..].starts_with('"') && name.bytes().all(|b| b.is_ascii_graphic()))
+        .then_some(name)
+}
+
+/// Everything of a chunk up to its delta, for `model`.
+fn chunk_head(model: &str) -> String {
+    format!(
+        r#"{{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1732000000,"model":"{model}","system_fingerprint":"fp_bench","choices":[{{"index":0,"delta":"#
+    )
+}
 
 /// Appends one SSE event carrying `json` as one HTTP chunk.
 fn push_event(out: &mut Vec<u8>, json: &str) {
@@ -179,16 +203,17 @@ fn push_event(out: &mut Vec<u8>, json: &str) {
     let _ = write!(out, "{len:x}\r\ndata: {json}\n\n\r\n");
 }
 
-fn delta_json(delta: &str, finish: &str, scratch: &mut String) {
+fn delta_json(head: &str, delta: &str, finish: &str, scratch: &mut String) {
     scratch.clear();
-    scratch.push_str(CHUNK_HEAD);
+    scratch.push_str(head);
     scratch.push_str(delta);
     scratch.push_str(r#","logprobs":null,"finish_reason":"#);
     scratch.push_str(finish);
     scratch.push_str("}]}");
 }
 
-async fn stream(s: &mut TcpStream, spec: StreamSpec) -> io::Result<()> {
+async fn stream(s: &mut TcpStream, spec: StreamSpec, model: &str) -> io::Result<()> {
+    let head = chunk_head(model);
     let mut out = Vec::with_capacity(BATCH + 512);
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
@@ -197,7 +222,12 @@ async fn stream(s: &mut TcpStream, spec: StreamSpec) -> io::Result<()> {
     let mut json = String::with_capacity(512);
     let mut text = String::with_capacity(spec.b + 32);
     let mut delta = String::with_capacity(spec.b + 64);
-    delta_json(r#"{"role":"assistant","content":""}"#, "null", &mut json);
+    delta_json(
+        &head,
+        r#"{"role":"assistant","content":""}"#,
+        "null",
+        &mut json,
+    );
     push_event(&mut out, &json);
     let t0 = tokio::time::Instant::now();
     let pace = Duration::from_millis(spec.pace_ms);
@@ -214,14 +244,14 @@ async fn stream(s: &mut TcpStream, spec: StreamSpec) -> io::Result<()> {
         delta.push_str(r#"{"content":""#);
         delta.push_str(&text);
         delta.push_str(r#""}"#);
-        delta_json(&delta, "null", &mut json);
+        delta_json(&head, &delta, "null", &mut json);
         push_event(&mut out, &json);
         if spec.pace_ms > 0 || out.len() >= BATCH {
             s.write_all(&out).await?;
             out.clear();
         }
     }
-    delta_json("{}", r#""stop""#, &mut json);
+    delta_json(&head, "{}", r#""stop""#, &mut json);
     push_event(&mut out, &json);
     push_event(&mut out, "[DONE]");
     out.extend_from_slice(b"0\r\n\r\n");
@@ -255,6 +285,21 @@ mod tests {
         ] {
             assert_eq!(StreamSpec::from_body(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn chunks_name_the_requested_model() {
+        let body = br#"{"model":"bench-upstream","messages":[],"stream":true}"#;
+        assert_eq!(request_model(body), Some("bench-upstream"));
+        assert_eq!(request_model(br#"{"messages":[]}"#), None);
+        assert_eq!(request_model(br#"{"model":"a\"b"}"#), None);
+        assert_eq!(request_model(br#"{"model":"a b"}"#), None);
+        let head = chunk_head("m-1");
+        let mut json = String::new();
+        delta_json(&head, r#"{"content":"hi"}"#, "null", &mut json);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("a chunk is JSON");
+        assert_eq!(v["model"], "m-1");
+        assert_eq!(v["choices"][0]["delta"]["content"], "hi");
     }
 
     #[test]
