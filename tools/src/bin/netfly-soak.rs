@@ -31,13 +31,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 const USAGE: &str = "\
 usage: netfly-soak [--gateway-bin PATH] [--sockets N] [--minutes M | --seconds S] [--seed X]
+                   [--report-secs R]
 
   --gateway-bin  the netfly binary to start (default target/release/netfly)
   --sockets      WebSockets chatting at once (default 200)
   --minutes      how long to chat (default 10)
   --seconds      how long to chat, in seconds (overrides --minutes)
   --seed         seed of the fault choices (default: random)
+  --report-secs  a progress line (chats, gateway RSS) every R seconds (default 60)
 
+The gateway inherits the environment (e.g. NETFLY_RESUME_MAX_BYTES).
 Loopback only. Exits 1 when a fragment was lost or duplicated or a chat
 never ended, 2 on a setup error.";
 
@@ -49,6 +52,7 @@ struct Args {
     sockets: usize,
     duration: Duration,
     seed: u64,
+    report_every: Duration,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -57,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         sockets: 200,
         duration: Duration::from_secs(600),
         seed: fastrand::u64(..),
+        report_every: Duration::from_secs(60),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
             "--minutes" => args.duration = Duration::from_secs(num(&value)? * 60),
             "--seconds" => args.duration = Duration::from_secs(num(&value)?),
             "--seed" => args.seed = num(&value)?,
+            "--report-secs" => args.report_every = Duration::from_secs(num(&value)?.max(1)),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -599,6 +605,9 @@ fn run(args: Args) -> Result<bool, String> {
             args.duration.as_secs(),
             args.seed
         );
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("NETFLY_RESUME")) {
+            println!("netfly-soak: gateway environment {k}={v}");
+        }
         let began = Instant::now();
         let until = began + args.duration;
         let tally: Shared = Shared::default();
@@ -610,13 +619,17 @@ fn run(args: Args) -> Result<bool, String> {
             }
         }
         let mut rss_peak = rss_start;
-        let mut next_report = began + Duration::from_secs(60);
+        let mut peak_at = 0;
+        let mut next_report = began + args.report_every;
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let rss = gw.rss_kib().unwrap_or(0);
-            rss_peak = rss_peak.max(rss);
+            if rss > rss_peak {
+                rss_peak = rss;
+                peak_at = began.elapsed().as_secs();
+            }
             if Instant::now() >= next_report {
-                next_report += Duration::from_secs(60);
+                next_report += args.report_every;
                 let t = tally.borrow();
                 println!(
                     "  {:>4} s: {} chats, {} done, rss {} KiB, lost/dup {}",
@@ -682,7 +695,9 @@ fn run(args: Args) -> Result<bool, String> {
             s.stall.load(Ordering::Relaxed),
             closed.port()
         );
-        println!("  gateway RSS    start {rss_start} KiB, peak {rss_peak} KiB, end {rss_end} KiB");
+        println!(
+            "  gateway RSS    start {rss_start} KiB, peak {rss_peak} KiB (at {peak_at} s), end {rss_end} KiB"
+        );
         println!(
             "  gateway log    {log_lines} lines ({warn_lines} warn/error); exit {}",
             exit.map_or("unknown".into(), |s| s.to_string())
