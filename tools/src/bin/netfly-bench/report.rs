@@ -223,9 +223,12 @@ pub fn summarize(sc: &Scenario, fleets: Vec<Fleet>, rounds: Vec<Round>, smoke: b
                 _ => None,
             })
             .collect();
+        // A target on a comparison this run does not make (no old build,
+        // no Redis fleet) is left out.
         let targets = TARGETS
             .iter()
             .filter(|t| (t.0 == sc.key || t.0 == '*') && t.1 == metric)
+            .filter(|t| t.3 == On::Value || cmps.iter().any(|c| c.on == t.3))
             .map(|&(_, _, text, on, test)| {
                 let x = match on {
                     On::Value => first_gateway.and_then(|g| values[g]),
