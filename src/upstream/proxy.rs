@@ -393,17 +393,34 @@ impl Guard {
             if self.done || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; READ_CHUNK];
             let want = buf.remaining().min(READ_CHUNK);
-            let mut chunk_buf = ReadBuf::new(&mut chunk[..want]);
-            std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut chunk_buf))?;
-            let got = chunk_buf.filled();
-            let fed = if got.is_empty() {
-                self.done = true;
-                self.framing.end(&mut self.out)
-            } else {
-                self.framing.feed(got, &mut self.out)
+            let mut read = |scratch: &mut Vec<u8>| {
+                scratch.clear();
+                scratch.reserve(want);
+                // Read into spare room: nothing to zero first (this runs on
+                // every poll, ready or not).
+                let mut chunk = ReadBuf::uninit(&mut scratch.spare_capacity_mut()[..want]);
+                match Pin::new(&mut *io).poll_read(cx, &mut chunk) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        let got = chunk.filled();
+                        Poll::Ready(if got.is_empty() {
+                            self.done = true;
+                            self.framing.end(&mut self.out)
+                        } else {
+                            self.framing.feed(got, &mut self.out)
+                        })
+                    }
+                }
             };
+            // (A transport that is itself a guarded stream would find the
+            // scratch taken: it gets its own.)
+            let fed = READ_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut scratch) => read(&mut scratch),
+                Err(_) => read(&mut Vec::new()),
+            });
+            let fed = std::task::ready!(fed);
             if let Err(e) = fed {
                 self.done = true;
                 self.out.clear();
@@ -416,6 +433,12 @@ impl Guard {
 
 /// Most bytes the guard reads from the transport at once.
 const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    /// Where the guard reads before the framing machine copies the bytes
+    /// out (one per thread: no buffer per connection).
+    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl<IO: AsyncRead + Unpin> AsyncRead for ProxyStream<IO> {
     fn poll_read(
