@@ -726,11 +726,9 @@ async fn detach_and_resume(
             if let Some(v) = m.get("netfly_chats_detached") {
                 run.extra.insert(DETACHED.into(), *v);
             }
-            // Read if the gateway exports it (it did not when this was written).
-            if let Some(v) = m
-                .get("netfly_resume_retained_bytes")
-                .or_else(|| m.get("netfly_resume_log_bytes"))
-            {
+            // What the log counts against --resume-max-bytes (a gateway
+            // older than the gauge has none).
+            if let Some(v) = m.get("netfly_resume_retained_bytes") {
                 run.extra
                     .insert(RETAINED_PER_CHAT.into(), v / 1024.0 / chats);
             }
