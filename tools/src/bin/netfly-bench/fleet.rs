@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::direct::{Direct, End};
-use crate::report::Pct;
+use crate::report::{figure, Pct};
 use crate::scenario::{Kind, Mode, Scenario, BENCH_MODEL};
 use crate::sys::{self, now_ns};
 use crate::upstream::{self, StreamSpec};
@@ -621,27 +621,6 @@ pub async fn run_fleet(
     }
     run.wall_ns = now_ns() - run.wall_ns;
     run
-}
-
-/// Metric names of the detached-chat scenarios (rows of their tables).
-pub mod figure {
-    pub const RSS_IDLE: &str = "gateway RSS idle, MiB";
-    pub const RSS_DETACHED: &str = "gateway RSS, chats ended and detached, MiB";
-    pub const RSS_PER_CHAT: &str = "RSS per detached chat, KiB";
-    pub const DETACHED: &str = "chats detached (gauge)";
-    pub const RETAINED_PER_CHAT: &str = "retained log bytes per chat (gauge), KiB";
-    pub const FRAME_BYTES: &str = "frame bytes per chat (as replayed), KiB";
-    pub const RUNNING: &str = "chats still running when the resumes began";
-    pub const FIRST_P50: &str = "resume → first replayed frame p50, µs";
-    pub const FIRST_P99: &str = "resume → first replayed frame p99, µs";
-    pub const FIRST_MAX: &str = "resume → first replayed frame max, µs";
-    pub const END_P50: &str = "resume → terminal frame p50, µs";
-    pub const END_P99: &str = "resume → terminal frame p99, µs";
-    pub const CPU_PER_RESUME: &str = "gateway CPU per resumed chat (replay + live frames), µs";
-    pub const RESUMED_EXACT: &str = "resumes replayed exactly";
-    pub const REDIS_COMMANDS: &str = "Redis commands per delta";
-    pub const REDIS_LOG_BYTES: &str = "Redis memory per chat log, bytes (MEMORY USAGE)";
-    pub const REDIS_USED_BYTES: &str = "Redis used_memory per chat, bytes";
 }
 
 /// Reads `/metrics` until no chat is in flight (at most `limit`).

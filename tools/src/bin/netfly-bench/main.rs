@@ -251,16 +251,16 @@ fn run_round(ctx: &Ctx, fleet: &Fleet, sc: &Arc<Scenario>, round: usize) -> Resu
     let mut extra = std::mem::take(&mut run.extra);
     if let Some(c) = redis_commands.filter(|_| t.deltas > 0) {
         extra.insert(
-            fleet::figure::REDIS_COMMANDS.into(),
+            report::figure::REDIS_COMMANDS.into(),
             c as f64 / t.deltas as f64,
         );
     }
     if let Some((mean, _)) = redis_logs {
-        extra.insert(fleet::figure::REDIS_LOG_BYTES.into(), mean);
+        extra.insert(report::figure::REDIS_LOG_BYTES.into(), mean);
     }
     if let Some((a, b)) = used0.zip(used1).filter(|_| t.chats_ok > 0) {
         extra.insert(
-            fleet::figure::REDIS_USED_BYTES.into(),
+            report::figure::REDIS_USED_BYTES.into(),
             (b as f64 - a as f64) / t.chats_ok as f64,
         );
     }
