@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 
 use crate::admission::{self, ChatSlot};
 use crate::chats::{next_chat_key, EventKind};
-use crate::error::{ChatError, Outcome};
+use crate::error::{ChatError, Fault, Outcome};
 use crate::protocol;
 use crate::shared::Shared;
 use crate::upstream::{CancelChat, ChatCall, ChatEvent, ChatSink, StartChat, Upstream};
@@ -346,7 +346,7 @@ impl Stream for SseBody {
                 Poll::Ready(Some(ev)) => ev,
                 Poll::Ready(None) => {
                     // The chat ended without a terminal event: say so.
-                    let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
+                    let err = ChatError::UpstreamBroken(Fault::EndedUnexpectedly);
                     self.finished = true;
                     self.guard.end(Outcome::Failed(err.code()));
                     sse_error(&mut out, &err);
@@ -386,8 +386,7 @@ async fn chat_completions(
         return unauthorized();
     }
     if shared.draining() {
-        let err =
-            ChatError::UpstreamUnavailable("the server is shutting down; retry shortly".into());
+        let err = ChatError::UpstreamUnavailable(Fault::ShuttingDown);
         return chat_error_response(&err);
     }
     let config = &shared.config;
@@ -451,7 +450,7 @@ async fn chat_completions(
     let mut head = BytesMut::new();
     loop {
         let Some(event) = body.rx.recv().await else {
-            let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
+            let err = ChatError::UpstreamBroken(Fault::EndedUnexpectedly);
             body.guard.end(Outcome::Failed(err.code()));
             return chat_error_response(&err);
         };
@@ -491,7 +490,7 @@ async fn whole(
     let mut completion: Option<String> = None;
     loop {
         let Some(event) = rx.recv().await else {
-            let err = ChatError::UpstreamBroken("the chat ended unexpectedly".into());
+            let err = ChatError::UpstreamBroken(Fault::EndedUnexpectedly);
             guard.end(Outcome::Failed(err.code()));
             return chat_error_response(&err);
         };
@@ -502,9 +501,7 @@ async fn whole(
             } => {
                 if let Some(c) = content {
                     if text.len() + c.len() > max {
-                        let err = ChatError::UpstreamBroken(format!(
-                            "the streamed answer passed {max} bytes (--max-upstream-body-bytes)"
-                        ));
+                        let err = ChatError::UpstreamBroken(Fault::AnswerTooLarge { max });
                         guard.abort(Outcome::Failed(err.code()));
                         return chat_error_response(&err);
                     }

@@ -25,7 +25,7 @@ use bytestring::ByteString;
 use tokio::sync::Notify;
 
 use super::{Chats, EventKind, SessionId, Verdict};
-use crate::error::{ChatError, ErrorCode, Outcome};
+use crate::error::{ChatError, ErrorCode, Fault, Outcome};
 use crate::protocol::ServerFrame;
 
 /// Unread bytes of the slowest attached reader above which the writer
@@ -791,9 +791,7 @@ impl ChatLog {
     /// Nobody came back within the window: the chat's upstream request is
     /// dropped (counted `abandoned`).
     pub(super) fn abandon(&self) {
-        let err = ChatError::UpstreamUnavailable(
-            "no socket was attached within the resume window".into(),
-        );
+        let err = ChatError::UpstreamUnavailable(Fault::NotResumedInTime);
         let mut inner = self.lock();
         self.end_with(&mut inner, Some(err), Outcome::Abandoned);
     }

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use super::chat_log::{Link, MirrorFeed, RemoteFrame, StoreLink};
 use super::store::{entry_id, parse_entry_id, ChatName, RedisStore, LEASE_TTL};
 use super::{ChatLog, Chats, SessionId};
-use crate::error::{ChatError, Outcome};
+use crate::error::{ChatError, Fault, Outcome};
 use crate::protocol::ServerFrame;
 
 /// How long one blocking read waits for new frames: the lease is checked
@@ -607,9 +607,7 @@ async fn check_owner(store: &RedisStore, log: &ChatLog, link: &MirrorLink, last:
         Owner::Alive(lease) => link.set_owner(&lease),
         Owner::Replaced => broken(log, "the chat was replaced in the resume store"),
         Owner::Gone => {
-            let err = ChatError::UpstreamBroken(
-                "the gateway instance running this chat stopped; retry the chat".into(),
-            );
+            let err = ChatError::UpstreamBroken(Fault::OwnerStopped);
             let frame = ServerFrame::Error {
                 id: Some(&log.id),
                 seq: Some(last + 1),
@@ -636,8 +634,8 @@ async fn check_owner(store: &RedisStore, log: &ChatLog, link: &MirrorLink, last:
 }
 
 /// Ends this copy here with `upstream_broken` (not written to the store).
-fn broken(log: &ChatLog, why: &str) {
-    let err = ChatError::UpstreamBroken(why.into());
+fn broken(log: &ChatLog, why: &'static str) {
+    let err = ChatError::UpstreamBroken(Fault::StoreLost(why));
     let outcome = Outcome::Failed(err.code());
     log.end(err, outcome);
 }
@@ -645,7 +643,7 @@ fn broken(log: &ChatLog, why: &str) {
 /// The gateway is shutting down: this copy ends here (the chat runs on
 /// where it runs; a client may resume it elsewhere).
 fn shut_down(log: &ChatLog) {
-    let err = ChatError::UpstreamUnavailable("the server is shutting down; retry shortly".into());
+    let err = ChatError::UpstreamUnavailable(Fault::ShuttingDown);
     let outcome = Outcome::Failed(err.code());
     log.end(err, outcome);
 }

@@ -194,9 +194,9 @@ impl ChatTask {
                         Duration::ZERO
                     };
                     let reason = if k > 1 {
-                        err.reason()
+                        err.to_string()
                     } else {
-                        format!("falling back to {} after: {}", target.host, err.reason())
+                        format!("falling back to {} after: {err}", target.host)
                     };
                     let retry = EventKind::Retry {
                         attempt: p.attempts + 1,
@@ -238,7 +238,7 @@ impl ChatTask {
                             self.call.id(),
                             p.attempts,
                             target.host,
-                            err.reason()
+                            err
                         );
                         match retry::classify(&err, p.committed) {
                             Verdict::Fail(e) => return Some(Terminal::Failed(e)),

@@ -27,7 +27,7 @@ use actix::prelude::*;
 use tokio::task::JoinHandle;
 
 use crate::chats::{ChatLog, EventKind};
-use crate::error::{ChatError, Outcome};
+use crate::error::{ChatError, Fault, Outcome};
 use crate::protocol::{ApiRequest, ChatRequest};
 use crate::shared::Shared;
 use chat::ChatTask;
@@ -234,13 +234,11 @@ impl Handler<StartChat> for Upstream {
             tokio::select! {
                 ran = &mut run => if ran.is_err() {
                     log::error!("chat task panicked; ending that chat only");
-                    sink.fail(ChatError::UpstreamBroken("internal error in the gateway".into()));
+                    sink.fail(ChatError::UpstreamBroken(Fault::Internal));
                 },
                 // The shutdown grace period is over: the chat ends with its
                 // terminal frame before its task goes.
-                _ = ending.wait_for(|e| *e) => sink.fail(ChatError::UpstreamUnavailable(
-                    "the server is shutting down; retry shortly".into(),
-                )),
+                _ = ending.wait_for(|e| *e) => sink.fail(ChatError::UpstreamUnavailable(Fault::ShuttingDown)),
             }
             me.do_send(ChatFinished { key });
         });

@@ -12,67 +12,9 @@
 //!   fragment boundaries, holding back only the longest tail of what it was
 //!   given that could still be the start of the key.
 
-use std::fmt;
-
 pub use crate::error::redact;
 
-/// What replaces the key (as [`redact`] writes it).
-pub const REDACTED: &str = "[redacted]";
-/// Longest upstream message passed on, in chars (including the "…").
-pub const MAX_MESSAGE_CHARS: usize = 500;
-/// How much of an offending payload a message quotes, in chars (then "…").
-pub const SNIPPET_CHARS: usize = 100;
-
-/// A message an upstream supplied, redacted and clipped: the only form in
-/// which such text reaches a frame, an error body or a log line.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamMessage(String);
-
-impl UpstreamMessage {
-    /// `raw` with every copy of `secret` replaced, then clipped to
-    /// [`MAX_MESSAGE_CHARS`].
-    pub fn new(raw: &str, secret: Option<&str>) -> Self {
-        UpstreamMessage(clip(&redact(raw.trim(), secret), MAX_MESSAGE_CHARS))
-    }
-
-    /// `what: <quote>`, where the quote is `raw` redacted, then clipped to
-    /// [`SNIPPET_CHARS`] (e.g. "invalid JSON in stream: {…").
-    /// `what` is redacted too: it may repeat part of the payload (a JSON
-    /// parser's complaint does).
-    pub fn quoting(what: &str, raw: &str, secret: Option<&str>) -> Self {
-        let quote = clip(&redact(raw.trim(), secret), SNIPPET_CHARS + 1);
-        let what = redact(what, secret);
-        UpstreamMessage(clip(&format!("{what}: {quote}"), MAX_MESSAGE_CHARS))
-    }
-
-    /// The text, safe to show.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the upstream said nothing.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Display for UpstreamMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// `s` if it has at most `max` chars, else its first `max - 1` chars and "…".
-pub fn clip(s: &str, max: usize) -> String {
-    let mut starts = s.char_indices().map(|(i, _)| i);
-    let Some(cut) = starts.nth(max.saturating_sub(1)) else {
-        return s.to_owned();
-    };
-    if starts.next().is_none() {
-        return s.to_owned(); // exactly `max` chars
-    }
-    format!("{}…", &s[..cut])
-}
+pub use crate::error::{clip, UpstreamMessage, MAX_MESSAGE_CHARS, REDACTED, SNIPPET_CHARS};
 
 /// Redacts `secret` in a text that arrives in fragments.
 ///

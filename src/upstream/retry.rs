@@ -3,80 +3,8 @@
 
 use std::time::Duration;
 
-use crate::error::ChatError;
-use crate::upstream::redact::UpstreamMessage;
-
-/// How one upstream attempt failed. Text an upstream supplied is held as
-/// an [`UpstreamMessage`] (redacted, clipped); the other messages are the
-/// gateway's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptError {
-    /// TCP/TLS/DNS connection failure (or connect timeout).
-    Connect(String),
-    /// No response head within the first-byte timeout.
-    FirstByteTimeout(Duration),
-    /// No body bytes within the idle timeout.
-    IdleTimeout(Duration),
-    /// A non-2xx answer. `message` is the upstream's.
-    Status {
-        status: u16,
-        message: UpstreamMessage,
-        retry_after: Option<Duration>,
-    },
-    /// The upstream sent an error inside the stream (error object, `event: error`, invalid JSON).
-    StreamError(UpstreamMessage),
-    /// The body broke off (connection reset or closed before the end of
-    /// the body, malformed chunking, closed before any event).
-    Broken(String),
-    /// A 2xx answer that is a JSON error object instead of a stream.
-    RejectedBody(UpstreamMessage),
-    /// A 2xx answer that is neither a stream, a completion nor an error,
-    /// or one the gateway cannot read (an unsupported content coding, an
-    /// unframed HTTP/1.1 body over TLS).
-    UnusableBody(String),
-    /// The upstream sent more than a bound allows: an SSE line or event
-    /// over `--max-upstream-event-bytes`, or a whole body over
-    /// `--max-upstream-body-bytes`. Not retried: asking again would most
-    /// likely bring the same answer, at the cost of the bound each time.
-    TooLarge(String),
-}
-
-impl AttemptError {
-    /// A short reason for `retry` frames and logs.
-    pub fn reason(&self) -> String {
-        match self {
-            AttemptError::Connect(m) => format!("connect: {m}"),
-            AttemptError::FirstByteTimeout(d) => {
-                format!("timeout: no response within {} ms", d.as_millis())
-            }
-            AttemptError::IdleTimeout(d) => {
-                format!("timeout: stream silent for {} ms", d.as_millis())
-            }
-            AttemptError::Status {
-                status, message, ..
-            } => {
-                if message.is_empty() {
-                    format!("HTTP {status}")
-                } else {
-                    format!("HTTP {status}: {message}")
-                }
-            }
-            AttemptError::StreamError(m) => format!("upstream error: {m}"),
-            AttemptError::Broken(m) => format!("stream broken: {m}"),
-            AttemptError::RejectedBody(m) => format!("upstream error: {m}"),
-            AttemptError::UnusableBody(m) => format!("unusable response: {m}"),
-            AttemptError::TooLarge(m) => format!("answer too large: {m}"),
-        }
-    }
-
-    /// `Retry-After` the upstream asked for, if any.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            AttemptError::Status { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-}
+pub use crate::error::AttemptError;
+use crate::error::{ChatError, Fault};
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +19,12 @@ pub enum Verdict {
 /// error into a terminal one: once a delta reached the client, asking again
 /// would send the user the text twice.
 pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
+    let failed = |attempts| Fault::Attempt {
+        cause: err.clone(),
+        attempts,
+    };
     if committed {
-        return Verdict::Fail(ChatError::UpstreamBroken(err.reason()));
+        return Verdict::Fail(ChatError::UpstreamBroken(failed(None)));
     }
     match err {
         // A redirect is a configuration error (the URL is not the API's):
@@ -100,28 +32,24 @@ pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
         AttemptError::Status {
             status, message, ..
         } if (300..400).contains(status) => {
-            let msg = if message.is_empty() {
-                format!("the upstream answered HTTP {status}, a redirect (not followed: check the upstream URL)")
-            } else {
-                format!("HTTP {status}: {message}")
-            };
-            Verdict::Fail(ChatError::UpstreamRejected(msg))
+            Verdict::Fail(ChatError::UpstreamRejected(Fault::Redirect {
+                status: *status,
+                message: message.clone(),
+            }))
         }
         AttemptError::Status {
             status, message, ..
         } if (400..500).contains(status) && *status != 408 && *status != 429 => {
-            let msg = if message.is_empty() {
-                format!("the upstream refused the request (HTTP {status})")
-            } else {
-                format!("HTTP {status}: {message}")
-            };
-            Verdict::Fail(ChatError::UpstreamRejected(msg))
+            Verdict::Fail(ChatError::UpstreamRejected(Fault::Refused {
+                status: *status,
+                message: message.clone(),
+            }))
         }
         AttemptError::RejectedBody(m) => {
-            Verdict::Fail(ChatError::UpstreamRejected(m.as_str().to_owned()))
+            Verdict::Fail(ChatError::UpstreamRejected(Fault::Rejected(m.clone())))
         }
         AttemptError::UnusableBody(_) | AttemptError::TooLarge(_) => {
-            Verdict::Fail(ChatError::UpstreamBroken(err.reason()))
+            Verdict::Fail(ChatError::UpstreamBroken(failed(None)))
         }
         _ => Verdict::Retry,
     }
@@ -130,16 +58,19 @@ pub fn classify(err: &AttemptError, committed: bool) -> Verdict {
 /// The error a chat ends with when its last attempt failed with `err` and
 /// no attempts are left.
 pub fn exhausted(err: &AttemptError, attempts: u32) -> ChatError {
-    let msg = format!("{} (after {attempts} attempts)", err.reason());
+    let fault = Fault::Attempt {
+        cause: err.clone(),
+        attempts: Some(attempts),
+    };
     match err {
         AttemptError::FirstByteTimeout(_) | AttemptError::IdleTimeout(_) => {
-            ChatError::UpstreamTimeout(msg)
+            ChatError::UpstreamTimeout(fault)
         }
         AttemptError::StreamError(_)
         | AttemptError::Broken(_)
         | AttemptError::UnusableBody(_)
-        | AttemptError::TooLarge(_) => ChatError::UpstreamBroken(msg),
-        _ => ChatError::UpstreamUnavailable(msg),
+        | AttemptError::TooLarge(_) => ChatError::UpstreamBroken(fault),
+        _ => ChatError::UpstreamUnavailable(fault),
     }
 }
 

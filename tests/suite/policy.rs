@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use netfly::error::{Busy, ChatError};
+use netfly::error::{Busy, ChatError, Fault};
 use netfly::upstream::redact::UpstreamMessage;
 use netfly::upstream::retry::{
     classify, exhausted, parse_retry_after, AttemptError, Backoff, Verdict,
@@ -98,7 +98,8 @@ fn transient_failures_are_retried_before_the_commit_point() {
 fn permanent_4xx_are_never_retried() {
     for code in [400, 401, 403, 404, 413, 422] {
         match classify(&status(code), false) {
-            Verdict::Fail(ChatError::UpstreamRejected(m)) => {
+            Verdict::Fail(ChatError::UpstreamRejected(fault)) => {
+                let m = fault.to_string();
                 assert!(m.contains(&format!("m{code}")), "{m}")
             }
             other => panic!("{code}: {other:?}"),
@@ -182,22 +183,22 @@ fn error_codes_and_retryability_match_the_protocol_table() {
         ),
         (ChatError::Busy(Busy::Draining), "busy", true),
         (
-            ChatError::UpstreamRejected(String::new()),
+            ChatError::UpstreamRejected(Fault::Internal),
             "upstream_rejected",
             false,
         ),
         (
-            ChatError::UpstreamUnavailable(String::new()),
+            ChatError::UpstreamUnavailable(Fault::Internal),
             "upstream_unavailable",
             true,
         ),
         (
-            ChatError::UpstreamBroken(String::new()),
+            ChatError::UpstreamBroken(Fault::Internal),
             "upstream_broken",
             true,
         ),
         (
-            ChatError::UpstreamTimeout(String::new()),
+            ChatError::UpstreamTimeout(Fault::Internal),
             "upstream_timeout",
             true,
         ),
@@ -252,7 +253,8 @@ fn redirects_are_rejected_not_retried() {
             retry_after: None,
         };
         match classify(&err, false) {
-            Verdict::Fail(ChatError::UpstreamRejected(m)) => {
+            Verdict::Fail(ChatError::UpstreamRejected(fault)) => {
+                let m = fault.to_string();
                 assert!(
                     m.contains(&code.to_string()) && m.contains("not followed"),
                     "{m}"
@@ -268,7 +270,7 @@ fn redirects_are_rejected_not_retried() {
     };
     assert!(matches!(
         classify(&bare, false),
-        Verdict::Fail(ChatError::UpstreamRejected(m)) if m.contains("redirect")
+        Verdict::Fail(ChatError::UpstreamRejected(f)) if f.to_string().contains("redirect")
     ));
 }
 
@@ -278,7 +280,39 @@ fn too_large_answers_are_not_retried() {
     for committed in [false, true] {
         assert!(matches!(
             classify(&err, committed),
-            Verdict::Fail(ChatError::UpstreamBroken(m)) if m.contains("over 1024 bytes")
+            Verdict::Fail(ChatError::UpstreamBroken(f)) if f.to_string().contains("over 1024 bytes")
         ));
     }
+}
+
+/// An upstream failure is kept as data (status, the upstream's redacted
+/// message, the attempt count) and worded only when shown.
+#[test]
+fn upstream_failures_are_data_until_shown() {
+    let secret = "sk-secret-123";
+    let refused = AttemptError::Status {
+        status: 401,
+        message: UpstreamMessage::new(&format!("bad key {secret}"), Some(secret)),
+        retry_after: None,
+    };
+    match classify(&refused, false) {
+        Verdict::Fail(ChatError::UpstreamRejected(Fault::Refused { status, message })) => {
+            assert_eq!(status, 401);
+            assert_eq!(message.as_str(), "bad key [redacted]");
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = exhausted(&AttemptError::Connect("refused".into()), 4);
+    assert_eq!(
+        e,
+        ChatError::UpstreamUnavailable(Fault::Attempt {
+            cause: AttemptError::Connect("refused".into()),
+            attempts: Some(4),
+        })
+    );
+    assert_eq!(e.message(), "connect: refused (after 4 attempts)");
+    assert_eq!(
+        ChatError::UpstreamBroken(Fault::AnswerTooLarge { max: 10 }).to_string(),
+        "upstream_broken: the streamed answer passed 10 bytes (--max-upstream-body-bytes)"
+    );
 }
