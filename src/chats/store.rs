@@ -66,6 +66,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a failed flush, the writer waits this long before the next one.
 const RETRY_AFTER_ERROR: Duration = Duration::from_millis(200);
+/// Under load the writer starts a flush at most this often, so that frames
+/// arriving meanwhile share its round trip; after a quiet spell the first
+/// frame goes at once. (Only readers on other instances see the delay.)
+const FLUSH_SPACING: Duration = Duration::from_millis(1);
 
 /// A chat's name in the store: the session that started it and its id.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -862,11 +866,16 @@ impl Writer {
     async fn run(mut self) {
         let mut tick = tokio::time::interval(self.store.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
         loop {
             let refresh = tokio::select! {
                 _ = self.store.queue.wake.notified() => false,
                 _ = tick.tick() => true,
             };
+            if !refresh {
+                tokio::time::sleep_until(last + FLUSH_SPACING).await;
+            }
+            last = tokio::time::Instant::now();
             let ops = self.store.queue.take();
             let ok = self.flush(ops, refresh).await;
             self.store.flushes.send_modify(|n| *n += 1);
