@@ -37,6 +37,14 @@ pub(crate) fn session_of(ws: &WsClient) -> String {
         .to_owned()
 }
 
+/// Reads the next frame for `id`: an `error` with `code` and no `seq` (a
+/// refusal is not a chat frame).
+pub(crate) async fn expect_refused(ws: &mut WsClient, id: &str, code: &str) {
+    let err = ws.next_for(id, WAIT).await.expect("a refusal");
+    assert_eq!(err["code"], code, "{err}");
+    assert!(err.get("seq").is_none(), "{err}");
+}
+
 pub(crate) fn seq(frame: &Value) -> u64 {
     frame["seq"].as_u64().expect("a chat frame carries a seq")
 }
@@ -333,8 +341,7 @@ async fn window_expiry_drops_the_upstream_and_forgets_the_chat() {
     );
     let mut b = WsClient::connect(gw.addr).await;
     b.send_resume(&session, "c1", 1).await;
-    let err = b.next_for("c1", WAIT).await.expect("refusal");
-    assert_eq!(err["code"], "resume_unavailable", "{err}");
+    expect_refused(&mut b, "c1", "resume_unavailable").await;
     expect_metric(gw.addr, "netfly_chats_total{outcome=\"abandoned\"} 1").await;
     expect_metric(gw.addr, "netfly_chats_detached 0").await;
     gw.stop(false).await;
@@ -359,8 +366,7 @@ async fn ended_logs_are_forgotten_after_the_window() {
     assert!(retained >= text as f64, "{retained} retained for {text} B");
     tokio::time::sleep(ms(700)).await;
     b.send_resume(&session, "c1", 0).await;
-    let err = b.next_for("c1", WAIT).await.expect("refusal");
-    assert_eq!(err["code"], "resume_unavailable", "{err}");
+    expect_refused(&mut b, "c1", "resume_unavailable").await;
     expect_metric(gw.addr, "netfly_chats_detached 0").await;
     expect_metric(gw.addr, "netfly_resume_retained_bytes 0").await;
     gw.stop(false).await;
@@ -377,8 +383,7 @@ async fn window_zero_keeps_no_log() {
     a.chat("c1", "hi", WAIT).await;
     let mut b = WsClient::connect(gw.addr).await;
     b.send_resume(&session, "c1", 0).await;
-    let err = b.next_for("c1", WAIT).await.expect("refusal");
-    assert_eq!(err["code"], "resume_unavailable", "{err}");
+    expect_refused(&mut b, "c1", "resume_unavailable").await;
     gw.stop(false).await;
 }
 
@@ -393,9 +398,7 @@ async fn a_resume_past_max_streams_is_busy() {
     b.send_chat("own", "hi").await;
     b.expect_type("own", "delta", WAIT).await;
     b.send_resume(&session, "c1", 0).await;
-    let err = b.next_for("c1", WAIT).await.expect("refusal");
-    assert_eq!(err["code"], "busy", "{err}");
-    assert!(err.get("seq").is_none(), "{err}");
+    expect_refused(&mut b, "c1", "busy").await;
     expect_metric(gw.addr, "netfly_resumes_total{result=\"busy\"} 1").await;
     gw.stop(false).await;
 }
@@ -417,8 +420,7 @@ async fn a_log_past_its_bound_streams_on_but_is_not_resumable() {
     assert_whole(&[], &frames);
     let mut b = WsClient::connect(gw.addr).await;
     b.send_resume(&session, "c1", 0).await;
-    let err = b.next_for("c1", WAIT).await.expect("refusal");
-    assert_eq!(err["code"], "resume_unavailable", "{err}");
+    expect_refused(&mut b, "c1", "resume_unavailable").await;
     gw.stop(false).await;
 }
 
@@ -448,8 +450,7 @@ async fn the_total_bound_is_shared_by_every_log() {
     assert_eq!(content_of(&frames), text);
     let mut b = WsClient::connect(gw.addr).await;
     b.send_resume(&session, "c1", 0).await;
-    let err = b.next_for("c1", WAIT).await.expect("refusal");
-    assert_eq!(err["code"], "resume_unavailable", "{err}");
+    expect_refused(&mut b, "c1", "resume_unavailable").await;
     // Small chats still fit.
     let small = a.chat("c2", "hi", WAIT).await;
     assert_eq!(content_of(&small), text);

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use fantoccini::Locator;
 use serde_json::json;
 
 use super::*;
@@ -221,15 +220,7 @@ async fn page_streams_an_answer_as_exact_text() {
 
     // Second turn: another model, a system prompt, a two-line message.
     browser.click("#model option[value='gpt-4o']").await;
-    browser.click("#settings summary").await;
-    browser
-        .client
-        .find(Locator::Id("system-prompt"))
-        .await
-        .expect("system prompt box")
-        .send_keys("Be brief.")
-        .await
-        .expect("type the system prompt");
+    browser.set_system_prompt("Be brief.").await;
     browser.send_message("Thanks!\nOne more?").await;
     browser.expect_answer("Second answer.").await;
     let second = fake.request(1);

@@ -380,6 +380,18 @@ impl Browser {
     }
 
     /// Sends a message the way a person does and waits for its turn.
+    /// Opens the settings and types `text` as the system prompt.
+    async fn set_system_prompt(&self, text: &str) {
+        self.click("#settings summary").await;
+        self.client
+            .find(Locator::Id("system-prompt"))
+            .await
+            .expect("system prompt box")
+            .send_keys(text)
+            .await
+            .expect("type the system prompt");
+    }
+
     async fn send_message(&self, text: &str) {
         let before = self.turn_count().await;
         self.type_message(text).await;

@@ -22,15 +22,7 @@ async fn conversation_survives_a_reload() {
         Reply::sse_words(&["Still", " here", "."]),
     ];
     let (_turn, fake, gateway, browser) = open_page(script, &[], (1280, 860), "").await;
-    browser.click("#settings summary").await;
-    browser
-        .client
-        .find(Locator::Id("system-prompt"))
-        .await
-        .expect("system prompt box")
-        .send_keys("Be brief.")
-        .await
-        .expect("type the system prompt");
+    browser.set_system_prompt("Be brief.").await;
     browser
         .send_message("Plan it, with <b>tags</b> & ünïcode")
         .await;
