@@ -302,8 +302,17 @@ impl fmt::Display for Outcome {
 /// the key back in their error messages).
 pub fn redact(text: &str, secret: Option<&str>) -> String {
     match secret {
-        Some(s) if !s.is_empty() && text.contains(s) => text.replace(s, "[redacted]"),
+        Some(s) if !s.is_empty() && text.contains(s) => text.replace(s, REDACTED),
         _ => text.to_owned(),
+    }
+}
+
+/// [`redact`] on a text already owned: handed back as it is (no copy)
+/// when the key is not in it, as on nearly every streamed chunk.
+pub fn redact_owned(text: String, secret: Option<&str>) -> String {
+    match secret {
+        Some(s) if !s.is_empty() && text.contains(s) => text.replace(s, REDACTED),
+        _ => text,
     }
 }
 

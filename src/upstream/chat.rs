@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::completion::{self, Decoded, WholeBody};
 use super::framing;
-use super::redact::{StreamRedactor, UpstreamMessage};
+use super::redact::{clip, redact, redact_owned, StreamRedactor, UpstreamMessage};
 use super::retry::{self, AttemptError, Verdict};
 use super::sse;
 use super::target::{Target, Targets};
@@ -454,8 +454,8 @@ impl ChatTask {
                         if u.is_some() {
                             usage = u;
                         }
-                        p.deltas += u64::from(content.is_some());
                         if passthrough {
+                            p.deltas += u64::from(content.is_some());
                             // The chunk as the client gets it; held until one
                             // carries something (the commit point), so that a
                             // failed attempt shows nothing. The key is
@@ -463,8 +463,8 @@ impl ChatTask {
                             // chunk is not re-encoded, so a key split across
                             // chunks is not seen here).
                             let data = model.replace(ev.data.trim(), self.call.model());
-                            let data = crate::error::redact(&data, secret);
-                            let content = content.map(|c| crate::error::redact(&c, secret));
+                            let data = redact_owned(data, secret);
+                            let content = content.map(|c| redact_owned(c, secret));
                             held.push(EventKind::Chunk {
                                 data,
                                 content,
@@ -490,6 +490,7 @@ impl ChatTask {
                         let text = content.map(|c| redactor.push(c)).unwrap_or_default();
                         if !text.is_empty() {
                             p.committed = true;
+                            p.deltas += 1;
                             batch.push(EventKind::Delta { text, read_at });
                         }
                     }
@@ -578,7 +579,7 @@ impl ChatTask {
                         }
                         _ => String::from_utf8_lossy(&body).into_owned(),
                     };
-                    let body = crate::error::redact(&body, secret);
+                    let body = redact(&body, secret);
                     p.committed = true;
                     if !self.emit(EventKind::Whole { body }).await {
                         return AttemptEnd::ClientGone;
@@ -589,7 +590,7 @@ impl ChatTask {
                         rest: None,
                     };
                 }
-                let content = crate::error::redact(&content, secret);
+                let content = redact(&content, secret);
                 if !content.is_empty() {
                     p.committed = true;
                     let delta = EventKind::Delta {
@@ -741,7 +742,7 @@ fn unreadable_body(resp: &Resp) -> Option<String> {
         if !framing::DECODED_CODINGS.contains(&coding.as_str()) {
             return Some(format!(
                 "content-encoding `{}` is not supported (gzip, deflate, br and zstd are)",
-                crate::upstream::redact::clip(&coding, 40)
+                clip(&coding, 40)
             ));
         }
     }

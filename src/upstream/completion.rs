@@ -235,11 +235,19 @@ impl ModelField {
     /// `text` (a chunk's trimmed data) with its `model` replaced by `model`:
     /// a splice of the string when it can be found, else a re-encode.
     pub fn replace(&self, text: &str, model: &str) -> String {
-        let quoted = serde_json::to_string(model).unwrap_or_else(|_| String::from("\"\""));
-        let inner = &quoted[1..quoted.len() - 1];
         match self {
             ModelField::Absent => text.to_owned(),
             ModelField::At(r) => {
+                // A name with nothing to escape (any real one) is spliced
+                // as it is; only another needs JSON's spelling.
+                let plain = model.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+                let quoted;
+                let inner = if plain {
+                    model
+                } else {
+                    quoted = serde_json::to_string(model).unwrap_or_else(|_| String::from("\"\""));
+                    &quoted[1..quoted.len() - 1]
+                };
                 let mut out = String::with_capacity(text.len() + inner.len());
                 out.push_str(&text[..r.start]);
                 out.push_str(inner);
