@@ -26,6 +26,7 @@
 //! to `HEAD` (which has no body whatever its headers say) never comes.
 
 use std::io;
+use std::io::Write as _;
 
 use awc::http::header::{HeaderMap, CONTENT_LENGTH, TRANSFER_ENCODING};
 use awc::http::{StatusCode, Version};
@@ -195,7 +196,8 @@ impl ResponseFraming {
                     };
                 }
                 State::Reframe => {
-                    out.extend_from_slice(format!("{:x}\r\n", input.len()).as_bytes());
+                    // (Writing to a Vec cannot fail.)
+                    let _ = write!(out, "{:x}\r\n", input.len());
                     out.extend_from_slice(input);
                     out.extend_from_slice(b"\r\n");
                     return Ok(());

@@ -14,7 +14,9 @@
 
 pub use crate::error::redact;
 
-pub use crate::error::{clip, UpstreamMessage, MAX_MESSAGE_CHARS, REDACTED, SNIPPET_CHARS};
+pub use crate::error::{
+    clip, redact_owned, UpstreamMessage, MAX_MESSAGE_CHARS, REDACTED, SNIPPET_CHARS,
+};
 
 /// Redacts `secret` in a text that arrives in fragments.
 ///
@@ -84,10 +86,19 @@ impl StreamRedactor {
 /// The length of the longest suffix of `text` that is a proper prefix of
 /// `key` (0 when none).
 fn longest_key_prefix_suffix(text: &str, key: &str) -> usize {
+    let (text, key) = (text.as_bytes(), key.as_bytes());
     let longest = text.len().min(key.len().saturating_sub(1));
-    (1..=longest)
-        .rev()
-        .find(|&k| key.is_char_boundary(k) && text.ends_with(&key[..k]))
+    let Some(&first) = key.first() else {
+        return 0;
+    };
+    // Only a tail starting with the key's first byte can match (this runs
+    // on every delta): one pass over the last key-length bytes, longest
+    // candidate first. Equal bytes are equal text, boundaries included.
+    let tail = text.len() - longest;
+    (tail..text.len())
+        .filter(|&i| text[i] == first)
+        .map(|i| text.len() - i)
+        .find(|&k| key.starts_with(&text[text.len() - k..]))
         .unwrap_or(0)
 }
 
