@@ -570,6 +570,7 @@ impl ChatLog {
         }
         // Nothing is added any more: give the queue's spare room back.
         inner.frames.shrink_to_fit();
+        self.chats.show_retained();
         self.pulled.notify_one();
     }
 

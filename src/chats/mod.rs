@@ -174,18 +174,13 @@ impl Chats {
     /// Takes `n` bytes from the total budget, if they fit.
     fn reserve(&self, n: usize) -> bool {
         let total = self.limits.total;
-        let taken = self
-            .retained
+        // (The gauge is set where a log ends or gives bytes back, and by
+        // the reaper: not on this per-frame path.)
+        self.retained
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                 (cur + n <= total).then_some(cur + n)
-            });
-        match taken {
-            Ok(_) => {
-                self.show_retained();
-                true
-            }
-            Err(_) => false,
-        }
+            })
+            .is_ok()
     }
 
     /// Gives `n` bytes back to the total budget.
@@ -194,8 +189,9 @@ impl Chats {
         self.show_retained();
     }
 
-    /// The gauge follows the total (two racing updates may leave it a
-    /// moment old; the next update or the reaper's next look corrects it).
+    /// The gauge follows the total: set when a log ends or releases bytes
+    /// and at each reaper look (two racing updates may leave it a moment
+    /// old; the next one corrects it).
     fn show_retained(&self) {
         let now = self.retained.load(Ordering::Acquire);
         self.metrics
