@@ -356,6 +356,11 @@ impl ChatLog {
         }
     }
 
+    /// Whether every frame is kept (the chat can be resumed).
+    pub(super) fn retains(&self) -> bool {
+        self.lock().retained
+    }
+
     /// The shared store's side of the chat.
     pub fn link(&self) -> &Link {
         &self.link

@@ -233,8 +233,10 @@ impl Chats {
             cancel,
             reader,
         );
-        let log = match (&self.store, self.resumable()) {
-            // Written to the shared store too, from its first frame on.
+        let log = match (&self.store, self.resumable() && log.retains()) {
+            // Written to the shared store too, from its first frame on
+            // (unless the total bound left no room for it: then it is
+            // resumable nowhere, here as elsewhere).
             (Some(store), true) => {
                 let replica = store.begin(store::ChatName {
                     session: session.clone(),
