@@ -482,15 +482,18 @@ pub fn host_allowed(value: &str, allowed: &AllowedHosts) -> bool {
 /// The `Host` (or absolute-form authority) of `req` when the policy
 /// refuses it. A request with neither (HTTP/1.0, not a browser) passes.
 pub fn host_refused(req: &HttpRequest, allowed: &AllowedHosts) -> Option<String> {
-    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
-    let header = req
-        .headers()
-        .get(header::HOST)
-        .map(|h| logsafe::header_text(h).into_owned());
-    [authority, header]
-        .into_iter()
-        .flatten()
-        .find(|host| !host_allowed(host, allowed))
+    if matches!(allowed, AllowedHosts::Any) {
+        return None;
+    }
+    // Checked borrowed (this runs on every request); only a refused value
+    // is copied out.
+    if let Some(a) = req.uri().authority() {
+        if !host_allowed(a.as_str(), allowed) {
+            return Some(a.as_str().to_owned());
+        }
+    }
+    let header = req.headers().get(header::HOST).map(logsafe::header_text)?;
+    (!host_allowed(&header, allowed)).then(|| header.into_owned())
 }
 
 // ---------------------------------------------------------------- /v1
@@ -554,6 +557,17 @@ impl std::fmt::Display for ApiRefusal {
     }
 }
 
+/// The body length a request declares, if it gives a valid one.
+pub fn declared_length(headers: &header::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Whether a `Content-Type` value is `application/json` (parameters such
 /// as `charset` allowed).
 pub fn is_json_content_type(value: &str) -> bool {
@@ -580,12 +594,7 @@ pub fn admit_api_call(req: &HttpRequest, config: &Config) -> Result<(), ApiRefus
         let sent = content_type.map(|v| logsafe::header_text(v).into_owned());
         return Err(ApiRefusal::ContentType(sent));
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
+    match declared_length(req.headers()) {
         Some(declared) if declared > config.max_frame_bytes as u64 => Err(ApiRefusal::TooLarge {
             declared,
             max: config.max_frame_bytes,

@@ -28,7 +28,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Either};
 
-use crate::admission::{self, Refusal};
+use crate::admission::{self, ApiRefusal, Refusal};
 use crate::assets;
 use crate::chats::store::StoreTasks;
 use crate::chats::RedisStore;
@@ -204,32 +204,20 @@ fn host_refusal(req: &ServiceRequest, shared: &Shared) -> Option<HttpResponse> {
     })
 }
 
-/// The declared body length of a request, if it gives a valid one.
-fn declared_length(req: &Request) -> Option<u64> {
-    req.head()
-        .headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// The `Expect: 100-continue` handler: a declared body over `max` bytes
 /// (no route takes more) gets 413 at once, never `100 Continue`.
 async fn expect_continue(req: Request, max: usize) -> Result<Request, Response<BoxBody>> {
-    match declared_length(&req) {
-        Some(len) if len > max as u64 => {
+    match admission::declared_length(&req.head().headers) {
+        Some(declared) if declared > max as u64 => {
             logsafe::refusal(
                 "body_size",
-                format_args!("request refused before its body: {len} bytes declared, limit {max}"),
+                format_args!(
+                    "request refused before its body: {declared} bytes declared, limit {max}"
+                ),
             );
-            let mut resp = openai_api::error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "bad_request",
-                &format!("request body of {len} bytes is larger than {max} bytes"),
-            );
+            let refusal = ApiRefusal::TooLarge { declared, max };
+            let mut resp =
+                openai_api::error_response(refusal.status(), refusal.code(), &refusal.to_string());
             resp.head_mut().set_connection_type(ConnectionType::Close);
             Err(resp.into())
         }
